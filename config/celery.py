@@ -1,0 +1,67 @@
+"""Celery configuration: the queues, the one routing table, time limits and beat schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from kombu import Exchange, Queue
+
+from config.settings import Settings
+
+QUEUES = ("thumbnails", "video", "metadata", "webhooks")
+
+# task name prefix -> queue. Call sites never name a queue.
+ROUTES = {
+    "thumbnails.*": {"queue": "thumbnails"},
+    "video.*": {"queue": "video"},
+    "metadata.*": {"queue": "metadata"},
+    "webhooks.*": {"queue": "webhooks"},
+    # Upkeep is light I/O; it rides on the metadata pool rather than needing a fifth one.
+    "upkeep.*": {"queue": "metadata"},
+}
+
+# (soft, hard) seconds per processing task. The soft limit lets the task fail the job with
+# a readable reason; the hard limit kills the child if it ignores that.
+TIME_LIMITS = {
+    "thumbnails.render": (120, 150),
+    "metadata.extract": (300, 330),
+    "video.transcode": (3 * 3600, 3 * 3600 + 120),
+}
+
+# Redis and SQS redeliver an unacknowledged message after this long; it must exceed the
+# longest hard limit or a long transcode would be handed to a second worker mid-run.
+VISIBILITY_TIMEOUT = 4 * 3600
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery settings for `settings`: explicit queues, JSON only, results off."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": _transport_options(settings),
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
+        "task_default_queue": "metadata",
+        "task_routes": ROUTES,
+        "task_create_missing_queues": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_max_memory_per_child": 1024 * 1024,  # KiB: recycle a child past 1 GiB RSS
+        "timezone": "UTC",
+        "beat_schedule": {
+            "upkeep.sweep": {"task": "upkeep.sweep", "schedule": timedelta(seconds=30)},
+        },
+    }
+
+
+def _transport_options(settings: Settings) -> dict:
+    if settings.broker_kind == "redis":
+        return {"visibility_timeout": VISIBILITY_TIMEOUT}
+    if settings.broker_kind == "sqs":
+        return {"visibility_timeout": VISIBILITY_TIMEOUT, "region": "us-east-1"}
+    return {}

@@ -1,0 +1,188 @@
+"""Settings from the environment: the only place that reads os.environ.
+
+Every variable the contract names is parsed and validated here, once, at start. A bad or
+missing value raises ConfigError naming every offending variable, and `load()` turns that
+into one line on stderr and exit status 2, never a traceback deep in a request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_RETRY_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,28800"
+
+
+class ConfigError(ValueError):
+    """One or more settings are missing or malformed; the message names each variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, immutable configuration shared by web, workers and commands."""
+
+    database_url: str = "sqlite:///instance/mediamill.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = "file://instance/storage"
+    s3_endpoint_url: str | None = None
+    secret_key: str = field(default="", repr=False)
+    public_url: str | None = None
+    max_upload_bytes: int = 5 * 1024**3
+    webhook_allow_private: bool = False
+    webhook_retry_schedule: tuple[int, ...] = tuple(
+        int(s) for s in DEFAULT_RETRY_SCHEDULE.split(",")
+    )
+    port: int = 5000
+    instance_dir: Path = Path("instance")
+    # Not in the contract's table: tuning knobs with safe defaults.
+    max_image_pixels: int = 100_000_000
+    signed_url_ttl: int = 3600
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], instance_dir: Path | None = None) -> Settings:
+        """Parse and validate `environ`; raise ConfigError naming every bad variable."""
+        env = {k: v for k, v in environ.items() if v != ""}
+        instance = Path(instance_dir or env.get("MEDIAMILL_INSTANCE_DIR", "instance"))
+        errors: list[str] = []
+        values: dict[str, object] = {"instance_dir": instance}
+
+        def take(name: str, attr: str, parse: Callable[[str], object], default=None) -> None:
+            raw = env.get(name, default)
+            if raw is None:
+                return
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                errors.append(f"{name} {exc} (got {raw!r})")
+
+        take("DATABASE_URL", "database_url", _database_url)
+        take("REDIS_URL", "redis_url", _redis_url)
+        values.setdefault("redis_url", cls.redis_url)
+        take("MEDIAMILL_BROKER_URL", "broker_url", _broker_url, values["redis_url"])
+        take("MEDIAMILL_STORAGE_URL", "storage_url", _storage_url)
+        take("MEDIAMILL_S3_ENDPOINT_URL", "s3_endpoint_url", _http_url)
+        take("MEDIAMILL_SECRET_KEY", "secret_key", _secret_key)
+        take("MEDIAMILL_PUBLIC_URL", "public_url", lambda v: _http_url(v).rstrip("/"))
+        take("MEDIAMILL_MAX_UPLOAD_BYTES", "max_upload_bytes", _positive_int)
+        take("MEDIAMILL_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", _flag)
+        take("MEDIAMILL_WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", _schedule)
+        take("PORT", "port", _port)
+        take("MEDIAMILL_MAX_IMAGE_PIXELS", "max_image_pixels", _positive_int)
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return cls(**values)
+
+    def with_secret(self) -> Settings:
+        """Return settings whose secret key is set, generating one into instance/ once."""
+        if self.secret_key:
+            return self
+        path = self.instance_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return replace(self, secret_key=path.read_text().strip())
+
+    @property
+    def broker_kind(self) -> str:
+        """The broker transport: 'redis', 'amqp' or 'sqs'."""
+        scheme = urlsplit(self.broker_url).scheme
+        return {"rediss": "redis", "pyamqp": "amqp", "amqps": "amqp"}.get(scheme, scheme)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a process that is starting: exit with one line if they are bad."""
+    try:
+        return Settings.from_env(os.environ if environ is None else environ).with_secret()
+    except ConfigError as exc:
+        sys.exit(f"mediamill: configuration error: {exc}")
+    except OSError as exc:
+        sys.exit(f"mediamill: configuration error: MEDIAMILL_SECRET_KEY unset and {exc}")
+
+
+def _database_url(value: str) -> str:
+    scheme = urlsplit(value).scheme.split("+")[0]
+    if scheme == "postgres":  # Heroku's spelling, which SQLAlchemy 2 refuses
+        value = "postgresql" + value[len("postgres") :]
+        scheme = "postgresql"
+    if scheme not in ("sqlite", "postgresql"):
+        raise ValueError("must be a sqlite:// or postgresql:// URL")
+    if scheme == "postgresql" and "+" not in value.split("://")[0]:
+        value = value.replace("postgresql://", "postgresql+psycopg://", 1)
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _broker_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqs"):
+        raise ValueError("must be a redis://, amqp:// or sqs:// URL")
+    return value
+
+
+def _storage_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "s3" and parts.netloc:
+        return value
+    if parts.scheme == "file" and (parts.netloc or parts.path):
+        return value
+    raise ValueError("must be file://DIR or s3://BUCKET[/PREFIX]")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _secret_key(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a positive integer") from None
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _port(value: str) -> int:
+    port = _positive_int(value)
+    if port > 65535:
+        raise ValueError("must be a port number (1-65535)")
+    return port
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 0 or 1")
+
+
+def _schedule(value: str) -> tuple[int, ...]:
+    try:
+        delays = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 5,30,120") from None
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError("must be comma-separated seconds, e.g. 5,30,120")
+    return delays

@@ -1,0 +1,227 @@
+"""The asset lifecycle on records: create with jobs, run a job, settle the asset, serialise.
+
+Each job moves queued -> processing -> completed | failed. Finishing a job and deciding the
+asset's status happen in one transaction with the asset row locked, so two jobs finishing
+at once cannot both miss (or both claim) the asset's completion.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urljoin
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, selectinload
+
+from media.records import Asset, IdempotencyKey, Job, utcnow
+from media.storage import Storage
+
+JOB_KINDS = {"image": ("metadata", "thumbnails"), "video": ("metadata", "thumbnails", "video")}
+FINAL = ("completed", "failed")
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What the web learned about an upload while streaming it to storage."""
+
+    asset_id: str
+    kind: str
+    content_type: str
+    filename: str
+    size: int
+    sha256: str
+
+
+def create(session: Session, tenant_id: str, upload: Upload,
+           webhook_url: str | None = None) -> Asset:
+    """Record a stored upload as a queued asset with one queued job per processing kind."""
+    asset = Asset(
+        id=upload.asset_id, tenant_id=tenant_id, kind=upload.kind, filename=upload.filename,
+        content_type=upload.content_type, size=upload.size, sha256=upload.sha256,
+        webhook_url=webhook_url, status="queued", meta={},
+        jobs=[Job(kind=kind) for kind in JOB_KINDS[upload.kind]],
+    )
+    session.add(asset)
+    session.flush()
+    return asset
+
+
+def get(session: Session, tenant_id: str, asset_id: str) -> Asset | None:
+    """The tenant's live asset with its jobs, or None (another tenant's id is None too)."""
+    return session.scalar(
+        select(Asset)
+        .options(selectinload(Asset.jobs))
+        .where(Asset.id == asset_id, Asset.tenant_id == tenant_id, Asset.deleted_at.is_(None))
+    )
+
+
+def page(session: Session, tenant_id: str, status: str | None, limit: int,
+         cursor: str | None) -> tuple[list[Asset], str | None]:
+    """Newest first, `limit` at a time; the cursor is opaque and stable under inserts."""
+    query = (
+        select(Asset)
+        .options(selectinload(Asset.jobs))
+        .where(Asset.tenant_id == tenant_id, Asset.deleted_at.is_(None))
+        .order_by(Asset.created_at.desc(), Asset.id.desc())
+        .limit(limit + 1)
+    )
+    if status:
+        query = query.where(Asset.status == status)
+    if cursor:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(
+            (Asset.created_at < created_at)
+            | ((Asset.created_at == created_at) & (Asset.id < last_id))
+        )
+    items = list(session.scalars(query))
+    more = len(items) > limit
+    items = items[:limit]
+    return items, encode_cursor(items[-1]) if more else None
+
+
+def encode_cursor(asset: Asset) -> str:
+    raw = f"{_aware(asset.created_at).isoformat()}|{asset.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Parse a cursor; ValueError if it was not made by encode_cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, asset_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), asset_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("malformed cursor") from exc
+
+
+def start_job(session: Session, job_id: str, worker: str) -> Job | None:
+    """Mark a job processing and return it, or None when there is nothing to do (done,
+    failed for good, or its asset deleted). Idempotent: a redelivered task starts again."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status in FINAL:
+        return None
+    asset = session.get(Asset, job.asset_id, with_for_update=True)
+    if asset is None or asset.deleted_at is not None:
+        return None
+    job.status, job.worker, job.started_at = "processing", worker, utcnow()
+    job.attempts += 1
+    if asset.status == "queued":
+        asset.status = "processing"
+    asset.updated_at = utcnow()
+    return job
+
+
+def set_progress(session: Session, job_id: str, progress: float) -> bool:
+    """Raise a running job's progress; never lowers it. True if it changed."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "processing", Job.progress < progress)
+        .values(progress=min(progress, 1.0))
+    )
+    return result.rowcount > 0
+
+
+def complete_job(session: Session, job_id: str, outputs: list[dict],
+                 meta: dict | None = None) -> Asset | None:
+    """Finish a job with its outputs (replacing any earlier run's) and settle the asset."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status == "completed":
+        return None
+    job.status, job.progress, job.error = "completed", 1.0, None
+    job.outputs, job.finished_at = outputs, utcnow()
+    asset = session.get(Asset, job.asset_id, with_for_update=True)
+    if meta is not None:
+        asset.meta = meta
+    return settle(session, asset)
+
+
+def fail_job(session: Session, job_id: str, error: str) -> Asset | None:
+    """Fail a job for good with a sentence a person can act on, and settle the asset."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status in FINAL:
+        return None
+    job.status, job.error, job.finished_at = "failed", error, utcnow()
+    return settle(session, session.get(Asset, job.asset_id, with_for_update=True))
+
+
+def settle(session: Session, asset: Asset) -> Asset:
+    """Derive the asset's status from its jobs (caller holds the asset row lock)."""
+    statuses = {job.status for job in session.scalars(select(Job).where(Job.asset_id == asset.id))}
+    if "failed" in statuses:
+        asset.status = "failed"
+    elif statuses == {"completed"}:
+        asset.status = "completed"
+    elif statuses - {"queued"}:
+        asset.status = "processing"
+    else:
+        asset.status = "queued"
+    asset.updated_at = utcnow()
+    return asset
+
+
+def reprocess(session: Session, asset: Asset) -> list[Job]:
+    """Put every job of the asset back in the queue; outputs are overwritten by the re-run."""
+    for job in asset.jobs:
+        job.status, job.progress, job.error, job.outputs = "queued", 0.0, None, []
+        job.started_at = job.finished_at = None
+        job.queued_at = utcnow()
+    asset.status, asset.updated_at = "queued", utcnow()
+    return list(asset.jobs)
+
+
+def mark_deleted(session: Session, asset: Asset) -> None:
+    """Hide the asset at once; its objects and row are removed by the purge task."""
+    asset.deleted_at = asset.updated_at = utcnow()
+
+
+def find_idempotent(session: Session, tenant_id: str, key: str) -> IdempotencyKey | None:
+    """A still-valid idempotency record for this tenant and key."""
+    record = session.get(IdempotencyKey, (tenant_id, key))
+    if record is not None and _aware(record.created_at) < utcnow() - IDEMPOTENCY_TTL:
+        session.delete(record)
+        session.flush()
+        return None
+    return record
+
+
+def to_json(asset: Asset, storage: Storage, base_url: str, url_ttl: int = 3600) -> dict:
+    """The contract's asset JSON, with signed, expiring links."""
+
+    def link(key: str, filename: str | None = None) -> str:
+        return urljoin(base_url + "/", storage.url(key, url_ttl, filename))
+
+    jobs = {job.kind: job for job in asset.jobs}
+    derivatives = []
+    for kind in ("thumbnails", "video"):
+        for out in jobs[kind].outputs if kind in jobs else []:
+            derivatives.append({**{k: v for k, v in out.items() if k != "key"},
+                                "url": link(out["key"])})
+    return {
+        "id": asset.id,
+        "status": asset.status,
+        "kind": asset.kind,
+        "filename": asset.filename,
+        "content_type": asset.content_type,
+        "size": asset.size,
+        "sha256": asset.sha256,
+        "created_at": rfc3339(asset.created_at),
+        "updated_at": rfc3339(asset.updated_at),
+        "original_url": link(asset.original_key, asset.filename),
+        "jobs": {job.kind: {"status": job.status, "progress": round(job.progress, 4),
+                            "error": job.error} for job in asset.jobs},
+        "metadata": asset.meta or {},
+        "derivatives": derivatives,
+    }
+
+
+def rfc3339(moment: datetime) -> str:
+    return _aware(moment).isoformat().replace("+00:00", "Z")
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

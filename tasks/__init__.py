@@ -1,0 +1,55 @@
+"""The Celery app for `celery -A tasks`: one module per queue, all routed by config/celery.py.
+
+`make_celery(settings)` builds an app (the web uses one to send); the module attribute `app`
+is built from the environment on first use, so importing this package reads nothing.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+
+from config.celery import celery_config
+from config.settings import Settings
+from media.services import Services
+
+TASK_MODULES = ["tasks.thumbnails", "tasks.video", "tasks.metadata", "tasks.webhooks",
+                "tasks.upkeep"]
+
+
+class MediamillCelery(Celery):
+    """A Celery app that carries the process's Services (database, storage, settings)."""
+
+    services: Services
+
+
+def make_celery(settings: Settings) -> MediamillCelery:
+    """A configured Celery app for `settings`, with every task registered."""
+    app = MediamillCelery("mediamill", include=TASK_MODULES, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.services = Services.from_settings(settings)
+    return app
+
+
+def __getattr__(name: str):
+    # `celery -A tasks` looks up `tasks.app`: build it from the environment then, once.
+    if name in ("app", "celery"):
+        from config import load
+
+        global app
+        app = make_celery(load())
+        app.set_current()
+        return app
+    raise AttributeError(name)
+
+
+@signals.worker_init.connect
+def _prepare_worker(sender=None, **_) -> None:
+    """At worker boot: schema up to date, ffmpeg present, storage reachable."""
+    import shutil
+
+    services = sender.app.services
+    services.db.upgrade()
+    services.db.dispose()  # children make their own connections after fork
+    for tool in ("ffmpeg", "ffprobe"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"mediamill: {tool} not found on PATH; install ffmpeg")

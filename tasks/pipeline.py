@@ -1,0 +1,141 @@
+"""Running one job: load by id, fetch the original, call media, store outputs, settle.
+
+Every processing task is a thin wrapper around `run_job`. Permanent problems (MediaError)
+fail the job with their sentence and are not retried; transient ones (storage) are retried
+with backoff and jitter; anything else fails the job with a generic sentence and is raised
+so the worker logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from media import assets
+from media.errors import MediaError, TransientError
+from media.services import Services
+
+log = logging.getLogger(__name__)
+
+TASKS = {"metadata": "metadata.extract", "thumbnails": "thumbnails.render",
+         "video": "video.transcode"}
+
+
+@dataclass
+class Context:
+    """What a job's work function gets: the original on disk and where to put outputs."""
+
+    asset_id: str
+    kind: str
+    sha256: str
+    src: Path
+    out_dir: Path
+    services: Services
+    report: Callable[[float], None]
+
+
+@dataclass
+class Result:
+    """What a job's work function returns."""
+
+    files: list = field(default_factory=list)  # (name, path, content_type, extra fields)
+    meta: dict | None = None
+
+
+class JobTask(Task):
+    """Base for processing tasks: crash-safe delivery and a readable failure, always."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = (TransientError,)
+    retry_backoff = 5
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 8
+    typing = False
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if isinstance(exc, TransientError):
+            reason = ("Storage could not be reached after several retries; reprocess the "
+                      "asset once storage is back.")
+        else:
+            reason = (f"Processing failed unexpectedly ({type(exc).__name__}); reprocess the "
+                      f"asset, and report task {task_id} if it happens again.")
+        with self.app.services.db.session() as session:
+            assets.fail_job(session, args[0], reason)
+
+
+def enqueue(app, jobs: Iterable) -> None:
+    """Send one task per job, by name; routing picks the queue. Call after commit."""
+    for job in jobs:
+        app.send_task(TASKS[job.kind], args=[job.id])
+
+
+def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
+    """Run `work` for a job. Idempotent: outputs go to fixed keys and replace a prior run."""
+    services: Services = task.app.services
+    with services.db.session() as session:
+        job = assets.start_job(session, job_id, task.request.hostname or "eager")
+        if job is None:
+            return "skipped"
+        asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
+    with tempfile.TemporaryDirectory(prefix="mediamill-") as tmp:
+        src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
+        out_dir.mkdir()
+        try:
+            services.storage.download(f"assets/{asset_id}/original", src)
+            result = work(Context(asset_id, kind, sha256, src, out_dir, services,
+                                  _progress_writer(services, job_id)))
+        except FileNotFoundError:
+            return _fail(services, job_id, "The original file is missing from storage; "
+                                           "upload it again.")
+        except MediaError as exc:
+            return _fail(services, job_id, str(exc))
+        except SoftTimeLimitExceeded:
+            return _fail(services, job_id, "Processing took longer than the time limit and "
+                                           "was stopped; the file may be too large or complex.")
+        outputs = [_store(services, asset_id, *item) for item in result.files]
+    with services.db.session() as session:
+        asset = assets.complete_job(session, job_id, outputs, result.meta)
+        gone = asset is None or asset.deleted_at is not None
+    if gone:  # deleted while we worked: do not leave our outputs behind
+        services.storage.delete_prefix(f"assets/{asset_id}")
+        return "discarded"
+    return "completed"
+
+
+def _store(services: Services, asset_id: str, name: str, path: Path, content_type: str,
+           extra: dict) -> dict:
+    key = f"assets/{asset_id}/{path.name}"
+    services.storage.upload_file(key, path, content_type)
+    return {"name": name, "content_type": content_type, "size": path.stat().st_size,
+            "key": key, **extra}
+
+
+def _fail(services: Services, job_id: str, reason: str) -> str:
+    log.info("job %s failed: %s", job_id, reason)
+    with services.db.session() as session:
+        assets.fail_job(session, job_id, reason)
+    return "failed"
+
+
+def _progress_writer(services: Services, job_id: str, every: float = 1.0) -> Callable:
+    """A callback that records progress at most once a second and only upwards."""
+    last = {"at": 0.0, "value": 0.0}
+
+    def report(value: float) -> None:
+        now = time.monotonic()
+        if now - last["at"] < every or value <= last["value"]:
+            return
+        last.update(at=now, value=value)
+        with services.db.session() as session:
+            assets.set_progress(session, job_id, min(value, 0.99))
+
+    return report

@@ -1,0 +1,35 @@
+"""The web process: the upload API and site. `create_app()` is gunicorn's and flask's entry."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from config.settings import Settings
+from media.services import Services
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app for `settings` (default: the environment, validated at start)."""
+    if settings is None:
+        from config import load
+
+        settings = load()
+    from tasks import make_celery
+    from web import cli, errors, files, health, site
+    from web.api import assets
+
+    app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_FORM_MEMORY_SIZE=64 * 1024,
+                      JSON_SORT_KEYS=False)
+    services = Services.from_settings(settings)
+    services.db.upgrade()
+    app.extensions["mediamill"] = services
+    app.extensions["celery"] = make_celery(settings)
+    for blueprint in (assets.bp, health.bp, files.bp, site.bp):
+        app.register_blueprint(blueprint)
+    errors.register(app)
+    cli.register(app)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return app

@@ -1,0 +1,210 @@
+"""The assets API: upload (streamed to storage), get, list, delete, reprocess."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, g, jsonify, request
+from kombu.exceptions import OperationalError
+from sqlalchemy.exc import IntegrityError
+from werkzeug.http import parse_options_header
+
+from media import assets
+from media.errors import UnsupportedMedia
+from media.records import IdempotencyKey, new_id
+from media.sniff import SNIFF_BYTES, sniff
+from tasks.pipeline import enqueue
+from web.auth import require_tenant
+from web.errors import Problem
+from web.extensions import base_url, celery, services
+from web.streaming import HashingStream, MalformedBody, MultipartReader, Part, TooLarge
+
+bp = Blueprint("assets", __name__, url_prefix="/api/v1/assets")
+log = logging.getLogger(__name__)
+
+MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
+FIELD_LIMIT = 8 * 1024
+
+
+@bp.post("")
+@require_tenant
+def create():
+    """Stream the `file` part to storage, record the asset, enqueue its jobs: 202."""
+    boundary = _boundary()
+    limit = services().settings.max_upload_bytes
+    if (request.content_length or 0) > limit + MULTIPART_SLACK:
+        raise _too_large(limit)
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:255] or None
+    replay = _idempotent_record(idempotency_key)
+    asset_id = new_id()
+    stored, fields, upload = False, {}, None
+    try:
+        for part in MultipartReader(request.stream, boundary).parts():
+            if part.filename is not None and part.name == "file" and upload is None:
+                upload = _receive(part, asset_id, limit, store=replay is None)
+                stored = replay is None
+            elif part.filename is None:
+                fields[part.name] = part.text(FIELD_LIMIT)
+        if upload is None:
+            raise Problem(400, "No file", "Send the file as multipart/form-data in a field "
+                          "named 'file'.")
+        webhook_url = _webhook_url(fields.get("webhook_url"))
+        if replay is not None:
+            return _replay(replay, upload.sha256)
+        return _record(asset_id, upload, webhook_url, idempotency_key)
+    except BaseException:
+        if stored:
+            services().storage.delete_prefix(f"assets/{asset_id}")
+        raise
+
+
+@bp.get("/<asset_id>")
+@require_tenant
+def show(asset_id: str):
+    """One asset of the caller's tenant; another tenant's id is 404."""
+    with services().db.session() as session:
+        return jsonify(_json(_get_or_404(session, asset_id)))
+
+
+@bp.get("")
+@require_tenant
+def index():
+    """The tenant's assets, newest first, with an opaque cursor to the next page."""
+    status = request.args.get("status") or None
+    if status not in (None, "queued", "processing", "completed", "failed"):
+        raise Problem(400, "Bad status", "status must be queued, processing, completed or failed.")
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        raise Problem(400, "Bad limit", "limit must be a whole number from 1 to 200.")
+    try:
+        with services().db.session() as session:
+            items, cursor = assets.page(session, g.tenant_id, status, int(limit),
+                                        request.args.get("cursor") or None)
+            return jsonify({"items": [_json(a) for a in items], "next_cursor": cursor})
+    except ValueError:
+        raise Problem(400, "Bad cursor", "cursor must be a next_cursor from a previous answer.")
+
+
+@bp.delete("/<asset_id>")
+@require_tenant
+def destroy(asset_id: str):
+    """Hide the asset at once (404 from now on) and have its objects purged: 204."""
+    with services().db.session() as session:
+        asset = _get_or_404(session, asset_id)
+        assets.mark_deleted(session, asset)
+    _send(lambda: celery().send_task("upkeep.purge", args=[asset_id]))
+    return Response(status=204)
+
+
+@bp.post("/<asset_id>/reprocess")
+@require_tenant
+def reprocess(asset_id: str):
+    """Run every job of the asset again; outputs are replaced: 202."""
+    with services().db.session() as session:
+        asset = _get_or_404(session, asset_id)
+        jobs = assets.reprocess(session, asset)
+    _send(lambda: enqueue(celery(), jobs))
+    with services().db.session() as session:
+        return jsonify(_json(_get_or_404(session, asset_id))), 202
+
+
+def _boundary() -> bytes:
+    mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        raise Problem(400, "No file", "Send the file as multipart/form-data in a field named "
+                      "'file'.")
+    return options["boundary"].encode("latin-1")
+
+
+def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Upload:
+    """Sniff the first bytes, then stream the rest to storage (or only hash it, on replay)."""
+    stream = HashingStream(part, limit, SNIFF_BYTES)
+    try:
+        found = sniff(stream.head)
+        if store:
+            services().storage.upload(f"assets/{asset_id}/original", stream, found.content_type)
+        digest = stream.finish()
+    except UnsupportedMedia as exc:
+        raise Problem(415, "Unsupported Media Type", str(exc)) from None
+    except TooLarge:
+        raise _too_large(limit) from None
+    except MalformedBody as exc:
+        raise Problem(400, "Malformed upload", f"The request body ended early or is not valid "
+                      f"multipart/form-data ({exc}).") from None
+    if digest.size == 0:
+        raise Problem(400, "Empty file", "The uploaded file is empty.")
+    return assets.Upload(asset_id, found.kind, found.content_type, part.filename or "",
+                         digest.size, digest.sha256)
+
+
+def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
+            idempotency_key: str | None):
+    try:
+        with services().db.session() as session:
+            asset = assets.create(session, g.tenant_id, upload, webhook_url)
+            if idempotency_key:
+                session.add(IdempotencyKey(tenant_id=g.tenant_id, key=idempotency_key,
+                                           sha256=upload.sha256, asset_id=asset_id,
+                                           status_code=202))
+            jobs = list(asset.jobs)
+    except IntegrityError:  # the same key raced us and won: answer as a replay
+        services().storage.delete_prefix(f"assets/{asset_id}")
+        return _replay(_idempotent_record(idempotency_key), upload.sha256)
+    _send(lambda: enqueue(celery(), jobs))
+    with services().db.session() as session:
+        return jsonify(_json(_get_or_404(session, asset_id))), 202
+
+
+def _idempotent_record(key: str | None) -> IdempotencyKey | None:
+    if not key:
+        return None
+    with services().db.session() as session:
+        return assets.find_idempotent(session, g.tenant_id, key)
+
+
+def _replay(record: IdempotencyKey, sha256: str):
+    if record.sha256 != sha256:
+        raise Problem(422, "Idempotency-Key reused", "This Idempotency-Key was used with a "
+                      "different file in the last 24 hours; use a new key for a new upload.")
+    with services().db.session() as session:
+        asset = assets.get(session, g.tenant_id, record.asset_id)
+        if asset is None:
+            raise Problem(404, "Not Found", "The asset created with this Idempotency-Key has "
+                          "been deleted.")
+        return jsonify(_json(asset)), record.status_code
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Problem(422, "Bad webhook_url", "webhook_url must be an absolute http(s) URL.")
+    return value.strip()
+
+
+def _send(send) -> None:
+    """Hand messages to the broker; if it is down the records stay queued and beat's sweep
+    sends them later, so the request still succeeds."""
+    try:
+        send()
+    except (OperationalError, OSError):
+        log.exception("broker unavailable; the sweep will enqueue later")
+
+
+def _get_or_404(session, asset_id: str):
+    asset = assets.get(session, g.tenant_id, asset_id)
+    if asset is None:
+        raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
+    return asset
+
+
+def _json(asset) -> dict:
+    s = services()
+    return assets.to_json(asset, s.storage, base_url(), s.settings.signed_url_ttl)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "Payload Too Large", f"The file is larger than this service's limit "
+                   f"of {limit} bytes (MEDIAMILL_MAX_UPLOAD_BYTES).")
