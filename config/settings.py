@@ -7,12 +7,16 @@ into one line on stderr and exit status 2, never a traceback deep in a request.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 DEFAULT_RETRY_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,28800"
@@ -59,7 +63,7 @@ class Settings:
             try:
                 values[attr] = parse(raw)
             except ValueError as exc:
-                errors.append(f"{name} {exc} (got {raw!r})")
+                errors.append(f"{name} {exc} (got {_shown(name, raw)})")
 
         take("DATABASE_URL", "database_url", _database_url)
         take("REDIS_URL", "redis_url", _redis_url)
@@ -84,10 +88,7 @@ class Settings:
             return self
         path = self.instance_dir / "secret_key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
+            _create_secret(path)
         return replace(self, secret_key=path.read_text().strip())
 
     @property
@@ -102,9 +103,39 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings.from_env(os.environ if environ is None else environ).with_secret()
     except ConfigError as exc:
-        sys.exit(f"mediamill: configuration error: {exc}")
+        _exit(f"mediamill: configuration error: {exc}")
     except OSError as exc:
-        sys.exit(f"mediamill: configuration error: MEDIAMILL_SECRET_KEY unset and {exc}")
+        _exit(f"mediamill: configuration error: MEDIAMILL_SECRET_KEY unset and {exc}")
+
+
+def _exit(line: str) -> NoReturn:
+    print(line, file=sys.stderr)
+    sys.exit(2)
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new key to `path` unless another starting process did. The key is written
+    aside and then linked into place, so no process ever reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+_SECRETS = {"MEDIAMILL_SECRET_KEY"}
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def _shown(name: str, raw: str) -> str:
+    """The value as an error line may show it: secrets withheld, URL passwords masked."""
+    if name in _SECRETS:
+        return f"a value of {len(raw)} characters"
+    return repr(_URL_PASSWORD.sub(r"\1***@", raw))
 
 
 def _database_url(value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -99,11 +100,11 @@ def _json_value(value):
         return None
     if isinstance(value, str):
         return value.strip("\x00").strip()[:200] or None
-    if isinstance(value, int | float):
+    if isinstance(value, numbers.Real):  # int, float and Pillow's IFDRational
         number = float(value)
         if number != number or number in (float("inf"), float("-inf")):
             return None
-        return int(value) if float(value).is_integer() else round(number, 6)
+        return int(number) if number.is_integer() else round(number, 6)
     if isinstance(value, tuple) and len(value) <= 4:
         return [v for v in (_json_value(x) for x in value) if v is not None] or None
     return None

@@ -172,6 +172,8 @@ class S3Storage:
 
     def upload(self, key: str, fileobj: BinaryIO, content_type: str) -> None:
         """Stream `fileobj` to `key`, in parts when large; memory stays bounded."""
+        if not _seekable(fileobj):
+            fileobj = _FullReads(fileobj)
         with _translated(key):
             self.client.upload_fileobj(
                 fileobj, self.bucket, self._key(key),
@@ -216,9 +218,10 @@ class S3Storage:
             for page in pages:
                 objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if objects:
-                    self.client.delete_objects(
+                    answer = self.client.delete_objects(
                         Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
                     )
+                    _raise_for_errors(prefix, answer.get("Errors", []))
                     count += len(objects)
         return count
 
@@ -231,7 +234,7 @@ class S3Storage:
                                                   ExpiresIn=expires_in)
 
     def check(self) -> None:
-        """Raise StorageUnavailable unless the bucket answers."""
+        """FileNotFoundError if the bucket is missing; StorageUnavailable if S3 is down."""
         with _translated(self.bucket):
             self.client.head_bucket(Bucket=self.bucket)
 
@@ -244,6 +247,51 @@ class S3Storage:
             with _translated(self.bucket):
                 self.client.create_bucket(Bucket=self.bucket)
             return True
+
+
+class _FullReads:
+    """A read-only stream that fills each `read(size)` unless the end is reached.
+
+    boto3 decides between one PUT and a multipart upload from a single `read` of
+    `multipart_threshold` bytes, and after a short read it reads *everything else* into
+    memory for one PUT. Sockets and request bodies return short reads, so we top them up.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._eof = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = -1 if size is None else size
+        while not self._eof and (want < 0 or len(self._buffer) < want):
+            chunk = self._stream.read(MiB if want < 0 else want - len(self._buffer))
+            self._eof = not chunk
+            self._buffer += chunk or b""
+        cut = len(self._buffer) if want < 0 else min(want, len(self._buffer))
+        out = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+
+def _seekable(fileobj: BinaryIO) -> bool:
+    try:
+        return bool(fileobj.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _raise_for_errors(prefix: str, errors: list[dict]) -> None:
+    """DeleteObjects answers 200 even when some keys could not be deleted: say so."""
+    if errors:
+        first = errors[0]
+        raise StorageUnavailable(
+            f"{len(errors)} objects under {prefix!r} could not be deleted "
+            f"({first.get('Code')}: {first.get('Message')})"
+        )
 
 
 def content_disposition(filename: str) -> str:

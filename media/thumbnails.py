@@ -66,9 +66,10 @@ def open_image(src: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open lazily (no pixels decoded) and refuse images that declare too many pixels."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 MP on; `max_pixels` below is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(src)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise MediaError(f"The image declares too many pixels and was refused ({exc}).") from exc
     except UnidentifiedImageError as exc:
         raise MediaError("The file is not an image that can be decoded.") from exc
@@ -167,5 +168,7 @@ def _save(image: Image.Image, path: Path, ext: str) -> None:
         flat = Image.new("RGB", image.size, (255, 255, 255))
         flat.paste(image, mask=image.getchannel("A"))
         image = flat
+    elif image.mode != "RGB":  # grey: the sRGB profile we embed is for RGB pixels only
+        image = image.convert("RGB")
     image.save(path, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True,
                icc_profile=_SRGB_BYTES)

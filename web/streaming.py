@@ -116,12 +116,23 @@ class HashingStream:
         self._count(self.head)
 
     def read(self, size: int = -1) -> bytes:
-        if self._pending:
-            out, self._pending = self._pending, b""
+        """Up to `size` bytes (all that is left if negative); short only at the end.
+
+        Readers such as boto3's upload_fileobj take a short read of a non-seekable stream
+        for its end: answering the first read with only the sniffed head made boto3 judge
+        the upload small and buffer all of it in memory for a single PUT.
+        """
+        if not self._pending:
+            data = self._part.read(size)
+            self._count(data)
+            return data
+        if 0 <= size < len(self._pending):
+            out, self._pending = self._pending[:size], self._pending[size:]
             return out
-        data = self._part.read(size)
-        self._count(data)
-        return data
+        out, self._pending = self._pending, b""
+        more = self._part.read(size - len(out) if size >= 0 else -1)
+        self._count(more)
+        return out + more
 
     def readable(self) -> bool:
         return True

@@ -82,3 +82,87 @@ def test_image_and_video_complete(make_stack, s3_endpoint, corpus, request, data
             Bucket=bucket, Prefix=f"media/assets/{video.json['id']}/")
         keys = {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]}
         assert {"original", "mp4_720p.mp4", "thumb_256.webp"} <= keys
+
+
+def _objects(stack, asset_id: str) -> set[str]:
+    folder = stack.tmp / "storage" / "assets" / asset_id
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_bad_files_fail_readably_and_workers_keep_serving(make_stack, corpus):
+    stack = make_stack()
+    client, key = stack.client(), stack.create_key("alice")
+    bomb = upload(client, key, corpus / "images/pillow/decompression_bomb.gif").json["id"]
+    truncated = upload(client, key, corpus / "images/pillow/truncated_jpeg.jpg").json["id"]
+    fake = upload(client, key, data=(corpus / "video/fire2.mp4").read_bytes()[:64] + b"\0" * 4096,
+                  filename="fake.mp4").json["id"]
+
+    done = wait_final(client, key, bomb)
+    assert done["status"] == "failed"
+    assert "pixels" in done["jobs"]["thumbnails"]["error"]
+    done = wait_final(client, key, truncated)
+    assert done["status"] == "failed"
+    assert "truncated or corrupt" in done["jobs"]["thumbnails"]["error"]
+    done = wait_final(client, key, fake)
+    assert done["status"] == "failed"
+    errors = [j["error"] for j in done["jobs"].values() if j["error"]]
+    assert errors and all(e.startswith("The ") for e in errors)  # sentences, not exceptions
+    for job in (*wait_final(client, key, bomb)["jobs"].values(), *done["jobs"].values()):
+        if job["error"]:
+            assert "Traceback" not in job["error"] and "Error:" not in job["error"][:40]
+
+    ok = upload(client, key, corpus / "images/camera/DSCN0010.jpg").json["id"]
+    assert wait_final(client, key, ok)["status"] == "completed"
+    assert all(proc.poll() is None for proc in stack.workers.values())
+
+
+def test_reprocess_replaces_outputs_and_delete_purges(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata"))
+    client, key = stack.client(), stack.create_key("alice")
+    asset_id = upload(client, key, corpus / "images/misc/vacation_2017.jpg").json["id"]
+    first = wait_final(client, key, asset_id)
+    assert first["status"] == "completed"
+    objects = _objects(stack, asset_id)
+    assert {"original", "thumb_2048.webp", "thumb_256.jpg"} <= objects
+
+    again = client.post(f"/api/v1/assets/{asset_id}/reprocess", headers={
+        "Authorization": f"Bearer {key}"})
+    assert again.status_code == 202 and again.json["status"] == "queued"
+    second = wait_final(client, key, asset_id)
+    assert second["status"] == "completed"
+    assert [d["name"] for d in second["derivatives"]] == [d["name"] for d in first["derivatives"]]
+    assert _objects(stack, asset_id) == objects
+    with stack.app.extensions["mediamill"].db.session() as session:
+        assert len(session.scalars(select(Job).where(Job.asset_id == asset_id)).all()) == 2
+
+    gone = client.delete(f"/api/v1/assets/{asset_id}", headers={"Authorization": f"Bearer {key}"})
+    assert gone.status_code == 204
+    from tests.conftest import wait_for
+
+    wait_for(lambda: not _objects(stack, asset_id), timeout=30, what="objects purged")
+
+
+def test_running_a_task_twice_leaves_one_result(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata"))
+    client, key = stack.client(), stack.create_key("alice")
+    asset_id = upload(client, key, corpus / "images/orientation/Landscape_3.jpg").json["id"]
+    before = wait_final(client, key, asset_id)
+    objects = _objects(stack, asset_id)
+    services = stack.app.extensions["mediamill"]
+    with services.db.session() as session:
+        job = session.scalars(select(Job).where(Job.asset_id == asset_id,
+                                                Job.kind == "thumbnails")).one()
+        job.status = "queued"  # as if the message were redelivered before it was acked
+        job_id = job.id
+    # Run the real task body in this process, twice: a redelivery and a duplicate.
+    celery_app = stack.app.extensions["celery"]
+    celery_app.loader.import_default_modules()
+    task = celery_app.tasks["thumbnails.render"]
+    assert task.apply(args=[job_id]).get() == "completed"
+    assert task.apply(args=[job_id]).get() == "skipped"
+    after = wait_final(client, key, asset_id)
+    strip = lambda ds: [{k: v for k, v in d.items() if k != "url"} for d in ds]  # noqa: E731
+    assert strip(after["derivatives"]) == strip(before["derivatives"])
+    assert _objects(stack, asset_id) == objects
+    with services.db.session() as session:
+        assert len(session.scalars(select(Job).where(Job.asset_id == asset_id)).all()) == 2

@@ -119,8 +119,10 @@ def _boundary() -> bytes:
 
 def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Upload:
     """Sniff the first bytes, then stream the rest to storage (or only hash it, on replay)."""
-    stream = HashingStream(part, limit, SNIFF_BYTES)
     try:
+        stream = HashingStream(part, limit, SNIFF_BYTES)
+        if not stream.head:
+            raise Problem(400, "Empty file", "The uploaded file is empty.")
         found = sniff(stream.head)
         if store:
             services().storage.upload(f"assets/{asset_id}/original", stream, found.content_type)
@@ -132,8 +134,6 @@ def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Uploa
     except MalformedBody as exc:
         raise Problem(400, "Malformed upload", f"The request body ended early or is not valid "
                       f"multipart/form-data ({exc}).") from None
-    if digest.size == 0:
-        raise Problem(400, "Empty file", "The uploaded file is empty.")
     return assets.Upload(asset_id, found.kind, found.content_type, part.filename or "",
                          digest.size, digest.sha256)
 

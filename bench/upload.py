@@ -1,0 +1,488 @@
+"""Upload benchmark: the service's streaming POST /api/v1/assets against plain boto3.
+
+One run starts its own redis-server, moto_server (S3) and gunicorn (as the Procfile runs the
+web process), writes a pseudo-random file that starts with a real MP4 header, and then, in
+alternating rounds against the same moto endpoint:
+
+* baseline: boto3 `upload_file` of the file, default TransferConfig;
+* service:  the file POSTed as multipart/form-data (streamed from disk, Content-Length
+  computed up front) to /api/v1/assets; timed from the first byte sent to the 202.
+
+While the service upload runs, the gunicorn worker's VmRSS is sampled every 50 ms from
+/proc (and VmHWM, reset before each upload via /proc/PID/clear_refs when allowed).
+
+    .venv/bin/python bench/upload.py [--size-mib 1024] [--rounds 2]
+
+Exit status 0 when both targets are met, 1 when one is missed, 2 on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SAMPLE_MP4 = ROOT.parent / "shared" / "corpus" / "video" / "fire2.mp4"
+MiB = 1024 * 1024
+RSS_TARGET_MIB = 64
+RATIO_TARGET = 0.8
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+       "AWS_DEFAULT_REGION": "us-east-1"}
+# Smallest valid MP4 prefix, used when the corpus is not there: an ftyp box, brand isom.
+FALLBACK_HEAD = (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+                 + b"\x00\x00\x00\x08free")
+
+os.environ.update({k: os.environ.get(k, v) for k, v in AWS.items()})
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if value := predicate():
+                return value
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Processes:
+    """Subprocesses this script started, each in its own session; all stopped on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], logfile: Path, **kwargs) -> subprocess.Popen:
+        out = open(logfile, "wb")
+        try:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, **kwargs)
+        finally:
+            out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # its own group: gunicorn's workers
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    log(f"{name} did not stop on SIGTERM; killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+            # whatever the group left behind (a worker whose master died first)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+
+# --- the test file --------------------------------------------------------------------
+
+
+def make_file(path: Path, size: int) -> None:
+    """`size` bytes: a real MP4's first 4 KiB (so sniffing accepts it), then random bytes."""
+    head = SAMPLE_MP4.read_bytes()[:4096] if SAMPLE_MP4.is_file() else FALLBACK_HEAD
+    head = head[:size]
+    with open(path, "wb") as fh:
+        fh.write(head)
+        left = size - len(head)
+        while left:
+            n = min(left, 8 * MiB)
+            fh.write(os.urandom(n))
+            left -= n
+
+
+# --- memory sampling ------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of `pid`, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value, _unit = line.split()
+                out[name.rstrip(":")] = int(value) * 1024
+    return out
+
+
+def reset_hwm(pid: int) -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of `pid`; False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            with contextlib.suppress(OSError, KeyError):
+                self.peak = max(self.peak, proc_status(self.pid)["VmRSS"])
+                self.samples += 1
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+        with contextlib.suppress(OSError, KeyError):
+            self.peak = max(self.peak, proc_status(self.pid)["VmRSS"])
+
+
+def start_profiler(out_dir: Path | None, pid: int, round_no: int, procs: "Processes",
+                   tmp: Path) -> subprocess.Popen | None:
+    """With --profile: py-spy (on PATH) records the worker's stacks during the upload."""
+    if out_dir is None:
+        return None
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise RuntimeError("--profile needs py-spy on PATH (pip install py-spy)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"service-round{round_no}.txt"
+    proc = procs.start("py-spy", [exe, "record", "--pid", str(pid), "--rate", "200",
+                                  "--format", "raw", "--threads", "--nonblocking",
+                                  "--output", str(out)], tmp / f"py-spy{round_no}.log")
+    time.sleep(1.0)  # let it attach
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+
+
+def gunicorn_worker(master: int) -> int:
+    """The one worker process of the gunicorn `master`."""
+    def children() -> list[int]:
+        with open(f"/proc/{master}/task/{master}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    kids = wait_for(children, 30, "the gunicorn worker")
+    if len(kids) != 1:
+        raise RuntimeError(f"expected one gunicorn worker, found {kids}")
+    return kids[0]
+
+
+# --- the two contenders ---------------------------------------------------------------
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+def baseline_upload(client, bucket: str, path: Path) -> float:
+    key = f"baseline/{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    client.upload_file(str(path), bucket, key)
+    seconds = time.perf_counter() - start
+    size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    if size != path.stat().st_size:
+        raise RuntimeError(f"baseline: stored {size} bytes, sent {path.stat().st_size}")
+    return seconds
+
+
+def multipart_body(path: Path, filename: str, chunk: int = MiB):
+    """(generator of body bytes, content type, content length): the file streamed from
+    disk between a preamble and the closing boundary."""
+    boundary = f"bench-{uuid.uuid4().hex}"
+    preamble = (f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    length = len(preamble) + path.stat().st_size + len(closing)
+
+    def body():
+        yield preamble
+        with open(path, "rb") as fh:
+            while data := fh.read(chunk):
+                yield data
+        yield closing
+
+    return body(), f"multipart/form-data; boundary={boundary}", length
+
+
+def service_upload(port: int, api_key: str, path: Path, timeout: float) -> tuple[float, dict]:
+    body, content_type, length = multipart_body(path, "bench.mp4")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        start = time.perf_counter()
+        conn.request("POST", "/api/v1/assets", body=body, headers={
+            "Authorization": f"Bearer {api_key}", "Content-Type": content_type,
+            "Content-Length": str(length)})
+        response = conn.getresponse()
+        payload = response.read()
+        seconds = time.perf_counter() - start
+    finally:
+        conn.close()
+    if response.status != 202:
+        raise RuntimeError(f"service answered {response.status}: {payload[:500]!r}")
+    return seconds, json.loads(payload)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while data := fh.read(8 * MiB):
+            h.update(data)
+    return h.hexdigest()
+
+
+def check_asset(client, bucket: str, asset: dict, size: int, digest: str) -> None:
+    """The service recorded the right size and SHA-256, and stored every byte."""
+    if asset.get("size") != size or asset.get("sha256") != digest:
+        raise RuntimeError(f"service recorded size {asset.get('size')} sha256 "
+                           f"{asset.get('sha256')}; expected {size} {digest}")
+    key = f"bench/assets/{asset['id']}/original"
+    stored = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    if stored != size:
+        raise RuntimeError(f"service stored {stored} bytes under {key}, expected {size}")
+
+
+def empty_bucket(client, bucket: str) -> None:
+    """Free moto's memory and disk between rounds."""
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    for page in pages:
+        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def run(args, tmp: Path, procs: Processes) -> int:
+    size = args.size_mib * MiB
+    data = tmp / "upload.mp4"
+    log(f"writing {args.size_mib} MiB of pseudo-random data to {data}")
+    make_file(data, size)
+    digest = sha256_of(data)
+
+    redis_port, moto_port, web_port = free_port(), free_port(), free_port()
+    redis_exe = shutil.which("redis-server")
+    if redis_exe is None:
+        raise RuntimeError("redis-server is not installed")
+    (tmp / "redis").mkdir()
+    redis_proc = procs.start("redis-server", [
+        redis_exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(tmp / "redis")], tmp / "redis.log")
+    moto_proc = procs.start("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1",
+                                            "-p", str(moto_port)], tmp / "moto.log",
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    endpoint = f"http://127.0.0.1:{moto_port}"
+
+    def redis_ready():
+        with socket.create_connection(("127.0.0.1", redis_port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    wait_for(redis_ready, 20, "redis-server", redis_proc)
+    wait_for(lambda: _http_ok(endpoint + "/moto-api/"), 30, "moto_server", moto_proc)
+    client = s3_client(endpoint)
+    bucket = f"bench-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp),
+        "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite'}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/15",
+        "MEDIAMILL_STORAGE_URL": f"s3://{bucket}/bench",
+        "MEDIAMILL_S3_ENDPOINT_URL": endpoint,
+        "MEDIAMILL_SECRET_KEY": "bench-secret-key-0123456789abcdef",
+        "MEDIAMILL_INSTANCE_DIR": str(tmp / "instance"),
+        "MEDIAMILL_MAX_UPLOAD_BYTES": str(size + 64 * MiB),
+        **AWS,
+    }
+    out = subprocess.run([str(BIN / "flask"), "--app", "web", "create-api-key", "bench"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"create-api-key failed:\n{out.stdout}{out.stderr}")
+    api_key = json.loads(out.stdout.strip().splitlines()[-1])["api_key"]
+
+    gunicorn = procs.start("gunicorn", [
+        str(BIN / "gunicorn"), "web:create_app()", "--bind", f"127.0.0.1:{web_port}",
+        "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300"],
+        tmp / "gunicorn.log", cwd=ROOT, env=env)
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/readyz"), 60, "gunicorn /readyz",
+             gunicorn)
+    worker = gunicorn_worker(gunicorn.pid)
+    idle_rss = proc_status(worker)["VmRSS"]
+
+    # Warm-up: one small upload, so the first timed one does not pay for first-use imports
+    # and the boto3 client (a server that has taken any upload before is in this state).
+    warm = tmp / "warm.mp4"
+    make_file(warm, 2 * MiB)
+    service_upload(web_port, api_key, warm, 60)
+    baseline_upload(client, bucket, warm)
+    empty_bucket(client, bucket)
+    log(f"gunicorn worker pid {worker}: idle RSS {idle_rss / MiB:.1f} MiB, after warm-up "
+        f"{proc_status(worker)['VmRSS'] / MiB:.1f} MiB")
+
+    times: dict[str, list[float]] = {"baseline": [], "service": []}
+    rss_runs: list[tuple[int, int, int, bool]] = []
+    for round_no in range(1, args.rounds + 1):
+        seconds = baseline_upload(client, bucket, data)
+        times["baseline"].append(seconds)
+        log(f"round {round_no}: baseline boto3 upload_file {seconds:.2f}s "
+            f"({size / seconds / 1e6:.1f} MB/s)")
+        empty_bucket(client, bucket)
+
+        before = proc_status(worker)["VmRSS"]
+        hwm_reset = reset_hwm(worker)
+        sampler = RssSampler(worker)
+        sampler.start()
+        spy = start_profiler(args.profile, worker, round_no, procs, tmp)
+        try:
+            seconds, asset = service_upload(web_port, api_key, data, args.timeout)
+        finally:
+            sampler.stop()
+            stop_profiler(spy)
+        hwm = proc_status(worker)["VmHWM"]
+        check_asset(client, bucket, asset, size, digest)
+        peak = max(sampler.peak, hwm) if hwm_reset else sampler.peak
+        rss_runs.append((before, sampler.peak, hwm, hwm_reset))
+        times["service"].append(seconds)
+        log(f"round {round_no}: service POST {seconds:.2f}s ({size / seconds / 1e6:.1f} MB/s), "
+            f"worker RSS {before / MiB:.1f} -> peak {peak / MiB:.1f} MiB "
+            f"({sampler.samples} samples)")
+        empty_bucket(client, bucket)
+
+    return report(args, size, times, rss_runs, idle_rss)
+
+
+def report(args, size: int, times, rss_runs, idle_rss: int) -> int:
+    best = {k: min(v) for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print()
+    print(f"Upload of {size / MiB:.0f} MiB to moto_server, {args.rounds} alternating rounds; "
+          f"best (median) of each")
+    print(f"{'contender':<28}{'seconds':>16}{'MB/s':>18}{'ratio':>16}")
+    names = {"baseline": "baseline boto3 upload_file", "service": "service POST"}
+    for key in ("baseline", "service"):
+        b, m = best[key], median[key]
+        ratio_b, ratio_m = best["baseline"] / b, median["baseline"] / m
+        print(f"{names[key]:<28}{f'{b:.2f} ({m:.2f})':>16}"
+              f"{f'{size / b / 1e6:.1f} ({size / m / 1e6:.1f})':>18}"
+              f"{f'{ratio_b:.2f} ({ratio_m:.2f})':>16}")
+    print()
+    print(f"gunicorn worker RSS when idle, before warm-up: {idle_rss / MiB:.1f} MiB")
+    increases = []
+    for n, (before, peak, hwm, hwm_ok) in enumerate(rss_runs, 1):
+        top = max(peak, hwm) if hwm_ok else peak
+        increases.append(top - before)
+        hwm_text = f"VmHWM {hwm / MiB:.1f} MiB" if hwm_ok else "VmHWM not resettable"
+        print(f"service round {n}: RSS before {before / MiB:.1f} MiB, peak {top / MiB:.1f} MiB "
+              f"(sampled {peak / MiB:.1f}, {hwm_text}), increase {(top - before) / MiB:.1f} MiB")
+    worst = max(increases)
+    ratio = best["baseline"] / best["service"]
+    rss_ok = worst < RSS_TARGET_MIB * MiB
+    speed_ok = ratio >= RATIO_TARGET
+    print()
+    print(f"{'PASS' if rss_ok else 'FAIL'}: worst RSS increase {worst / MiB:.1f} MiB "
+          f"(target < {RSS_TARGET_MIB} MiB)")
+    print(f"{'PASS' if speed_ok else 'FAIL'}: throughput ratio {ratio:.2f} of baseline, "
+          f"best of each (target >= {RATIO_TARGET}); median ratio "
+          f"{median['baseline'] / median['service']:.2f}")
+    return 0 if rss_ok and speed_ok else 1
+
+
+def _http_ok(url: str) -> bool:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1024)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds allowed for one upload (default 600)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record the worker with py-spy during each service upload, "
+                             "collapsed stacks into DIR (slows the worker a little)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args()
+    if args.size_mib < 1 or args.rounds < 1:
+        parser.error("--size-mib and --rounds must be at least 1")
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    # a hard stop for the whole run: setup, the rounds, and cleanup margin
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.alarm(int(300 + args.rounds * 2 * args.timeout))
+
+    tmp = Path(tempfile.mkdtemp(prefix="mediamill-bench-"))
+    procs = Processes()
+    try:
+        return run(args, tmp, procs)
+    except Exception as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        for name in ("gunicorn.log", "moto.log"):
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"--- {name} (tail) ---\n{(tmp / name).read_text()[-3000:]}\n")
+        return 2
+    finally:
+        signal.alarm(0)
+        procs.stop_all()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

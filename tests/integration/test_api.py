@@ -1,0 +1,252 @@
+"""The HTTP API's answers without workers: keys, tenants, refusals, idempotency, paging."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from config.settings import Settings
+from tests.conftest import ROOT, stack_env
+from tests.helpers import auth, upload
+
+pytestmark = pytest.mark.integration
+
+
+def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "JPEG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def api(tmp_path, redis_server):
+    """The web app on SQLite and file storage, with a real broker but no workers."""
+    from web import create_app
+
+    env = stack_env(tmp_path, redis_server, 14, f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    f"file://{tmp_path / 'storage'}")
+    app = create_app(Settings.from_env(env))
+    app.config["TESTING"] = True
+    return app
+
+
+def new_key(app, name: str) -> str:
+    from media.keys import create_api_key
+
+    with app.extensions["mediamill"].db.session() as session:
+        return create_api_key(session, name)["api_key"]
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.data[:300]
+    assert response.mimetype == "application/problem+json"
+    body = response.json
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer nope", "Basic abc", "bearer mm_x"])
+def test_bad_keys_get_401(api, header):
+    client = api.test_client()
+    headers = {"Authorization": header} if header else {}
+    response = client.get("/api/v1/assets", headers=headers)
+    assert_problem(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    response = client.post("/api/v1/assets", headers=headers,
+                           data={"file": (io.BytesIO(jpeg()), "a.jpg")})
+    assert_problem(response, 401)
+
+
+def test_revoked_tenant_key_is_refused_and_valid_key_accepted(api):
+    key = new_key(api, "alice")
+    assert api.test_client().get("/api/v1/assets", headers=auth(key)).status_code == 200
+
+
+def test_upload_answers_202_with_the_contract_asset(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    name = "Ünïcødé holiday 🌅 ../../etc/passwd.jpg"
+    response = upload(client, key, data=jpeg(), filename=name)
+    assert response.status_code == 202
+    body = response.json
+    assert body["filename"] == name
+    assert body["status"] == "queued" and body["kind"] == "image"
+    assert body["content_type"] == "image/jpeg"
+    assert body["size"] == len(jpeg())
+    import hashlib
+
+    assert body["sha256"] == hashlib.sha256(jpeg()).hexdigest()
+    assert set(body["jobs"]) == {"metadata", "thumbnails"}
+    assert body["jobs"]["metadata"] == {"status": "queued", "progress": 0.0, "error": None}
+    assert body["derivatives"] == [] and body["metadata"] == {}
+    assert body["created_at"].endswith("Z")
+    # The name is data only: the stored object's key is the asset id.
+    stored = list((Path(api.extensions["mediamill"].settings.storage_url[7:])).rglob("*"))
+    files = [p for p in stored if p.is_file()]
+    assert [p.relative_to(files[0].parents[2]).as_posix() for p in files] == [
+        f"assets/{body['id']}/original"]
+    # The original link serves the bytes as a download with the name intact.
+    original = client.get(body["original_url"].split("localhost", 1)[1])
+    assert original.status_code == 200 and original.data == jpeg()
+    assert original.headers["Content-Disposition"].startswith("attachment")
+    assert "filename*=UTF-8''" in original.headers["Content-Disposition"]
+
+
+def test_signed_links_refuse_tampering_and_expiry(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    url = upload(client, key, data=jpeg()).json["original_url"].split("localhost", 1)[1]
+    assert client.get(url).status_code == 200
+    assert_problem(client.get(url.replace("signature=", "signature=x")), 403)
+    assert_problem(client.get(url.replace("/original", "/thumb_256.jpg")), 403)
+    assert_problem(client.get(url.split("?")[0]), 403)
+    expires = url.split("expires=")[1].split("&")[0]
+    assert_problem(client.get(url.replace(f"expires={expires}", "expires=1000")), 403)
+    assert_problem(client.get("/files/../../etc/passwd?expires=9999999999&signature=x"), 403)
+
+
+@pytest.mark.parametrize("body,name", [
+    (b"hello, this is just text\n", "notes.txt"),
+    (b"<!doctype html><html><script>alert(1)</script></html>", "page.jpg"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "logo.svg"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "doc.pdf"),
+    (b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:10,\nfile:///etc/passwd\n", "clip.mp4"),
+])
+def test_not_media_is_415(api, body, name):
+    client, key = api.test_client(), new_key(api, "alice")
+    problem = assert_problem(upload(client, key, data=body, filename=name), 415)
+    assert "not an image or video" in problem["detail"]
+    assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
+
+
+def test_missing_file_is_400(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    assert_problem(client.post("/api/v1/assets", headers=auth(key), json={"x": 1}), 400)
+    response = client.post("/api/v1/assets", headers=auth(key), data={"webhook_url": "http://x"},
+                           content_type="multipart/form-data")
+    assert_problem(response, 400)
+    assert_problem(upload(client, key, data=b"", filename="empty.jpg"), 400)
+
+
+def test_oversize_is_413_whether_declared_or_streamed(tmp_path, redis_server):
+    from web import create_app
+
+    env = stack_env(tmp_path, redis_server, 14, f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    f"file://{tmp_path / 'storage'}")
+    env["MEDIAMILL_MAX_UPLOAD_BYTES"] = "1000"
+    app = create_app(Settings.from_env(env))
+    client, key = app.test_client(), new_key(app, "alice")
+    # Declared: the Content-Length alone is over the limit; refused before reading.
+    big = jpeg(size=(64, 48)) + b"\0" * 200_000
+    assert "1000 bytes" in assert_problem(upload(client, key, data=big), 413)["detail"]
+    # Streamed: within the multipart slack, so only counting the file catches it.
+    assert_problem(upload(client, key, data=jpeg() + b"\0" * 5000), 413)
+    assert not any(p.is_file() for p in (tmp_path / "storage").rglob("*"))
+    assert upload(client, key, data=jpeg(size=(8, 8))).status_code == 202
+
+
+def test_tenants_are_isolated(api):
+    client = api.test_client()
+    alice, bob = new_key(api, "alice"), new_key(api, "bob")
+    asset_id = upload(client, alice, data=jpeg()).json["id"]
+    assert client.get(f"/api/v1/assets/{asset_id}", headers=auth(alice)).status_code == 200
+    assert_problem(client.get(f"/api/v1/assets/{asset_id}", headers=auth(bob)), 404)
+    assert_problem(client.delete(f"/api/v1/assets/{asset_id}", headers=auth(bob)), 404)
+    assert_problem(client.post(f"/api/v1/assets/{asset_id}/reprocess", headers=auth(bob)), 404)
+    assert client.get("/api/v1/assets", headers=auth(bob)).json["items"] == []
+    assert client.get(f"/api/v1/assets/{asset_id}", headers=auth(alice)).status_code == 200
+
+
+def test_idempotency_key_replays_the_first_answer(api):
+    client, alice, bob = api.test_client(), new_key(api, "alice"), new_key(api, "bob")
+    headers = {"Idempotency-Key": "order-42"}
+    first = upload(client, alice, data=jpeg(), headers=headers)
+    again = upload(client, alice, data=jpeg(), headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json["id"] == first.json["id"]
+    assert len(client.get("/api/v1/assets", headers=auth(alice)).json["items"]) == 1
+    other = upload(client, alice, data=jpeg(color=(0, 0, 255)), headers=headers)
+    assert "different file" in assert_problem(other, 422)["detail"]
+    # Keys are per tenant: bob's "order-42" is his own.
+    assert upload(client, bob, data=jpeg(), headers=headers).json["id"] != first.json["id"]
+    storage = Path(api.extensions["mediamill"].settings.storage_url[7:])
+    assert len([p for p in storage.rglob("original")]) == 2  # no stray copies
+
+
+def test_list_is_newest_first_with_cursor_and_status_filter(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    ids = [upload(client, key, data=jpeg(color=(i, i, i))).json["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/api/v1/assets?{query}", headers=auth(key)).json
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids[::-1]
+    assert len(client.get("/api/v1/assets?status=queued", headers=auth(key)).json["items"]) == 5
+    assert client.get("/api/v1/assets?status=completed", headers=auth(key)).json["items"] == []
+    assert_problem(client.get("/api/v1/assets?status=weird", headers=auth(key)), 400)
+    assert_problem(client.get("/api/v1/assets?cursor=%%%", headers=auth(key)), 400)
+    assert_problem(client.get("/api/v1/assets?limit=0", headers=auth(key)), 400)
+
+
+def test_delete_hides_at_once(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    asset_id = upload(client, key, data=jpeg()).json["id"]
+    assert client.delete(f"/api/v1/assets/{asset_id}", headers=auth(key)).status_code == 204
+    assert_problem(client.get(f"/api/v1/assets/{asset_id}", headers=auth(key)), 404)
+    assert_problem(client.delete(f"/api/v1/assets/{asset_id}", headers=auth(key)), 404)
+
+
+def test_unknown_routes_and_methods_are_problems(api):
+    client = api.test_client()
+    assert_problem(client.get("/api/v1/nothing"), 404)
+    assert_problem(client.put("/healthz"), 405)
+
+
+def test_health_and_readiness(api, tmp_path):
+    client = api.test_client()
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.json
+    assert ready.json["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    from web import create_app
+
+    settings = replace(api.extensions["mediamill"].settings, broker_url="redis://127.0.0.1:1/0")
+    down = create_app(settings).test_client().get("/readyz")
+    assert "broker unreachable" in assert_problem(down, 503)["detail"]
+
+
+def test_create_api_key_command_on_an_empty_database(tmp_path):
+    env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, f"sqlite:///{tmp_path / 'new.db'}",
+                    f"file://{tmp_path / 'storage'}")
+    out = subprocess.run([str(Path(sys.executable).parent / "flask"), "--app", "web",
+                          "create-api-key", "acme"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    issued = json.loads(out.stdout.strip().splitlines()[-1])
+    assert issued["tenant"] == "acme"
+    assert issued["api_key"] and issued["webhook_secret"].startswith("whsec_")
+
+
+@pytest.mark.parametrize("command", [
+    ["flask", "--app", "web", "create-api-key", "x"],
+    ["celery", "-A", "tasks", "worker", "-Q", "metadata"],
+])
+def test_bad_setting_stops_the_process_with_one_line(tmp_path, command):
+    env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, "mysql://nope",
+                    f"file://{tmp_path / 'storage'}")
+    argv = [str(Path(sys.executable).parent / command[0]), *command[1:]]
+    out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "DATABASE_URL" in lines[0] and "Traceback" not in out.stderr
