@@ -80,12 +80,9 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str], logfile: Path, **kwargs) -> subprocess.Popen:
-        out = open(logfile, "wb")
-        try:
+        with open(logfile, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, **kwargs)
-        finally:
-            out.close()
         self.procs.append((name, proc))
         return proc
 
@@ -121,6 +118,8 @@ def make_file(path: Path, size: int) -> None:
             n = min(left, 8 * MiB)
             fh.write(os.urandom(n))
             left -= n
+        fh.flush()
+        os.fsync(fh.fileno())  # no writeback of it during the timed uploads
 
 
 # --- memory sampling ------------------------------------------------------------------
@@ -135,6 +134,27 @@ def proc_status(pid: int) -> dict[str, int]:
                 name, value, _unit = line.split()
                 out[name.rstrip(":")] = int(value) * 1024
     return out
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of `pid` (all its threads), or of this process."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by this process (the client), the web worker and moto_server."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def used(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
 
 
 def reset_hwm(pid: int) -> bool:
@@ -170,7 +190,7 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, proc_status(self.pid)["VmRSS"])
 
 
-def start_profiler(out_dir: Path | None, pid: int, round_no: int, procs: "Processes",
+def start_profiler(out_dir: Path | None, pid: int, round_no: int, procs: Processes,
                    tmp: Path) -> subprocess.Popen | None:
     """With --profile: py-spy (on PATH) records the worker's stacks during the upload."""
     if out_dir is None:
@@ -312,9 +332,13 @@ def run(args, tmp: Path, procs: Processes) -> int:
     redis_proc = procs.start("redis-server", [
         redis_exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", str(tmp / "redis")], tmp / "redis.log")
+    # moto spools object data over ~5 MiB to temp files: keep them in RAM (tmpfs) so that
+    # disk writeback does not add noise to either contender
+    moto_tmp = _ram_dir(tmp)
+    log(f"moto_server spools objects under {moto_tmp}")
     moto_proc = procs.start("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1",
                                             "-p", str(moto_port)], tmp / "moto.log",
-                            env={**os.environ, "TMPDIR": str(tmp)})
+                            env={**os.environ, "TMPDIR": str(moto_tmp)})
     endpoint = f"http://127.0.0.1:{moto_port}"
 
     def redis_ready():
@@ -341,6 +365,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
         "MEDIAMILL_INSTANCE_DIR": str(tmp / "instance"),
         "MEDIAMILL_MAX_UPLOAD_BYTES": str(size + 64 * MiB),
         **AWS,
+        **dict(item.split("=", 1) for item in args.web_env),
     }
     out = subprocess.run([str(BIN / "flask"), "--app", "web", "create-api-key", "bench"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -368,12 +393,16 @@ def run(args, tmp: Path, procs: Processes) -> int:
         f"{proc_status(worker)['VmRSS'] / MiB:.1f} MiB")
 
     times: dict[str, list[float]] = {"baseline": [], "service": []}
+    cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "service": []}
+    pids = {"client": None, "web": worker, "moto": moto_proc.pid}
     rss_runs: list[tuple[int, int, int, bool]] = []
     for round_no in range(1, args.rounds + 1):
+        meter = CpuMeter(pids)
         seconds = baseline_upload(client, bucket, data)
         times["baseline"].append(seconds)
+        cpu["baseline"].append(meter.used())
         log(f"round {round_no}: baseline boto3 upload_file {seconds:.2f}s "
-            f"({size / seconds / 1e6:.1f} MB/s)")
+            f"({size / seconds / 1e6:.1f} MB/s), CPU s {_cpu_text(cpu['baseline'][-1])}")
         empty_bucket(client, bucket)
 
         before = proc_status(worker)["VmRSS"]
@@ -381,11 +410,13 @@ def run(args, tmp: Path, procs: Processes) -> int:
         sampler = RssSampler(worker)
         sampler.start()
         spy = start_profiler(args.profile, worker, round_no, procs, tmp)
+        meter = CpuMeter(pids)
         try:
             seconds, asset = service_upload(web_port, api_key, data, args.timeout)
         finally:
             sampler.stop()
             stop_profiler(spy)
+        cpu["service"].append(meter.used())
         hwm = proc_status(worker)["VmHWM"]
         check_asset(client, bucket, asset, size, digest)
         peak = max(sampler.peak, hwm) if hwm_reset else sampler.peak
@@ -393,26 +424,33 @@ def run(args, tmp: Path, procs: Processes) -> int:
         times["service"].append(seconds)
         log(f"round {round_no}: service POST {seconds:.2f}s ({size / seconds / 1e6:.1f} MB/s), "
             f"worker RSS {before / MiB:.1f} -> peak {peak / MiB:.1f} MiB "
-            f"({sampler.samples} samples)")
+            f"({sampler.samples} samples), CPU s {_cpu_text(cpu['service'][-1])}")
         empty_bucket(client, bucket)
 
-    return report(args, size, times, rss_runs, idle_rss)
+    return report(args, size, times, cpu, rss_runs, idle_rss)
 
 
-def report(args, size: int, times, rss_runs, idle_rss: int) -> int:
+def _cpu_text(used: dict[str, float]) -> str:
+    return " ".join(f"{name} {seconds:.1f}" for name, seconds in used.items())
+
+
+def report(args, size: int, times, cpu, rss_runs, idle_rss: int) -> int:
     best = {k: min(v) for k, v in times.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
     print()
     print(f"Upload of {size / MiB:.0f} MiB to moto_server, {args.rounds} alternating rounds; "
           f"best (median) of each")
-    print(f"{'contender':<28}{'seconds':>16}{'MB/s':>18}{'ratio':>16}")
+    print(f"{'contender':<28}{'seconds':>16}{'MB/s':>18}{'ratio':>14}"
+          f"{'CPU s client/web/moto':>24}")
     names = {"baseline": "baseline boto3 upload_file", "service": "service POST"}
     for key in ("baseline", "service"):
         b, m = best[key], median[key]
         ratio_b, ratio_m = best["baseline"] / b, median["baseline"] / m
+        used = cpu[key][times[key].index(b)]  # of the best run
         print(f"{names[key]:<28}{f'{b:.2f} ({m:.2f})':>16}"
               f"{f'{size / b / 1e6:.1f} ({size / m / 1e6:.1f})':>18}"
-              f"{f'{ratio_b:.2f} ({ratio_m:.2f})':>16}")
+              f"{f'{ratio_b:.2f} ({ratio_m:.2f})':>14}"
+              f"{'/'.join(f'{v:.1f}' for v in used.values()):>24}")
     print()
     print(f"gunicorn worker RSS when idle, before warm-up: {idle_rss / MiB:.1f} MiB")
     increases = []
@@ -435,6 +473,20 @@ def report(args, size: int, times, rss_runs, idle_rss: int) -> int:
     return 0 if rss_ok and speed_ok else 1
 
 
+def _ram_dir(tmp: Path) -> Path:
+    """A new directory on tmpfs (/dev/shm), removed on exit; under `tmp` if none."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        ram = Path(tempfile.mkdtemp(prefix="mediamill-bench-moto-", dir=shm))
+        _RAM_DIRS.append(ram)
+        return ram
+    (tmp / "moto").mkdir()
+    return tmp / "moto"
+
+
+_RAM_DIRS: list[Path] = []
+
+
 def _http_ok(url: str) -> bool:
     from urllib.request import urlopen
 
@@ -451,6 +503,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record the worker with py-spy during each service upload, "
                              "collapsed stacks into DIR (slows the worker a little)")
+    parser.add_argument("--web-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the web process (repeatable), e.g. "
+                             "MALLOC_ARENA_MAX=2")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
     if args.size_mib < 1 or args.rounds < 1:
@@ -478,6 +533,8 @@ def main() -> int:
     finally:
         signal.alarm(0)
         procs.stop_all()
+        for ram in _RAM_DIRS:
+            shutil.rmtree(ram, ignore_errors=True)
         if args.keep:
             log(f"kept {tmp}")
         else:

@@ -53,6 +53,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_max_memory_per_child": 1024 * 1024,  # KiB: recycle a child past 1 GiB RSS
         "timezone": "UTC",
+        "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
         "beat_schedule": {
             "upkeep.sweep": {"task": "upkeep.sweep", "schedule": timedelta(seconds=30)},
         },

@@ -98,21 +98,40 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("malformed cursor") from exc
 
 
-def start_job(session: Session, job_id: str, worker: str) -> Job | None:
-    """Mark a job processing and return it, or None when there is nothing to do (done,
-    failed for good, or its asset deleted). Idempotent: a redelivered task starts again."""
+def start_job(session: Session, job_id: str, worker: str, task_id: str,
+              lease: timedelta = timedelta(hours=4)) -> Job | None:
+    """Mark a job processing and return it, or None when there is nothing to do: done,
+    failed for good, asset deleted, or running under another task id within its lease (a
+    duplicate message). The same task id redelivered after a crash starts it again."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.status in FINAL:
+        return None
+    if (job.status == "processing" and job.task_id != task_id and job.started_at
+            and _aware(job.started_at) > utcnow() - lease):
         return None
     asset = session.get(Asset, job.asset_id, with_for_update=True)
     if asset is None or asset.deleted_at is not None:
         return None
-    job.status, job.worker, job.started_at = "processing", worker, utcnow()
+    job.status, job.worker, job.task_id, job.started_at = "processing", worker, task_id, utcnow()
     job.attempts += 1
     if asset.status == "queued":
         asset.status = "processing"
     asset.updated_at = utcnow()
     return job
+
+
+def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Job]:
+    """Jobs still queued long after they were (or should have been) sent; their clock is
+    reset so the next sweep does not send them again at once."""
+    jobs = list(session.scalars(
+        select(Job).join(Asset)
+        .where(Job.status == "queued", Job.queued_at < utcnow() - older_than,
+               Asset.deleted_at.is_(None))
+        .order_by(Job.queued_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+    for job in jobs:
+        job.queued_at = utcnow()
+    return jobs
 
 
 def set_progress(session: Session, job_id: str, progress: float) -> bool:

@@ -20,4 +20,5 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        return cls(settings, Database(settings.database_url), storage_module.from_settings(settings))
+        db = Database(settings.database_url)
+        return cls(settings, db, storage_module.from_settings(settings))

@@ -305,12 +305,10 @@ def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
     config = TransferConfig(
-        multipart_threshold=16 * MiB, multipart_chunksize=8 * MiB, max_concurrency=4,
+        multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4,
         use_threads=True,
     )
-    # Non-seekable streams (an upload arriving over HTTP) are buffered part by part; cap
-    # how many parts sit in memory so a 5 GiB upload costs a bounded 32 MiB.
-    config.max_in_memory_upload_chunks = 4
+    config.max_in_memory_upload_chunks = 2
     return config
 
 

@@ -90,7 +90,7 @@ def transcode(src: Path, dst: Path, info: Probe, on_progress: Callable[[float], 
               threads: int = 0, timeout: float | None = None) -> None:
     """Write an H.264/AAC MP4 with +faststart to `dst`. Idempotent (overwrites `dst`)."""
     width, height = target_size(info.width, info.height)
-    stream = ffmpeg.input(f"file:{src}", **_INPUT_OPTS)
+    stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), **_INPUT_OPTS)
     video = stream["v:0"].filter("scale", width, height).filter("format", "yuv420p")
     outputs = [video] + ([stream["a:0"]] if info.audio else [])
     audio_opts = {"c:a": "aac", "b:a": "128k", "ac": 2} if info.audio else {"an": None}
@@ -111,7 +111,7 @@ def poster(src: Path, dst: Path, info: Probe, timeout: float = 120) -> Path:
     """Extract one representative frame (10% in, at most 5 s) as a PNG at display size."""
     at = min(5.0, (info.duration or 0) * 0.1)
     cmd = (
-        ffmpeg.input(f"file:{src}", ss=at, **_INPUT_OPTS)
+        ffmpeg.input(f"file:{src}", ss=at, f=_demuxer(info), **_INPUT_OPTS)
         .output(f"file:{dst}", vframes=1, format="image2", vcodec="png")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
         .overwrite_output()
@@ -120,6 +120,16 @@ def poster(src: Path, dst: Path, info: Probe, timeout: float = 120) -> Path:
     if not dst.exists() or dst.stat().st_size == 0:
         raise MediaError("No frame could be decoded from the video for its poster.")
     return dst
+
+
+def _demuxer(info: Probe) -> str:
+    """The probed, allowed container: ffmpeg must not pick another demuxer on its own (an
+    HLS playlist or a concat script would open other files)."""
+    names = [name for name in info.format_name.split(",") if name in ALLOWED_FORMATS]
+    if not names:
+        raise MediaError(f"The container format {info.format_name or 'unknown'!r} is not "
+                         "accepted; upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV.")
+    return names[0]
 
 
 def _run(argv: list[str], timeout: float | None) -> None:

@@ -12,8 +12,7 @@ from config.celery import celery_config
 from config.settings import Settings
 from media.services import Services
 
-TASK_MODULES = ["tasks.thumbnails", "tasks.video", "tasks.metadata", "tasks.webhooks",
-                "tasks.upkeep"]
+TASK_MODULES = ["tasks.thumbnails", "tasks.video", "tasks.metadata", "tasks.upkeep"]
 
 
 class MediamillCelery(Celery):
@@ -26,6 +25,7 @@ def make_celery(settings: Settings) -> MediamillCelery:
     """A configured Celery app for `settings`, with every task registered."""
     app = MediamillCelery("mediamill", include=TASK_MODULES, set_as_current=False)
     app.conf.update(celery_config(settings))
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app.services = Services.from_settings(settings)
     return app
 

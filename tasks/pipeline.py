@@ -82,7 +82,8 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
     """Run `work` for a job. Idempotent: outputs go to fixed keys and replace a prior run."""
     services: Services = task.app.services
     with services.db.session() as session:
-        job = assets.start_job(session, job_id, task.request.hostname or "eager")
+        job = assets.start_job(session, job_id, task.request.hostname or "eager",
+                               task.request.id or "eager")
         if job is None:
             return "skipped"
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256

@@ -5,10 +5,14 @@ from datetime import timedelta
 from celery import shared_task
 from sqlalchemy import delete, select
 
+from media import assets
 from media.records import Asset, utcnow
 from media.services import Services
+from tasks.pipeline import enqueue
 
 PURGE_BATCH = 100
+SEND_BATCH = 500
+STALE_QUEUED = timedelta(minutes=5)
 
 
 @shared_task(name="upkeep.purge", bind=True, acks_late=True, autoretry_for=(OSError,),
@@ -19,9 +23,17 @@ def purge(self, asset_id: str) -> int:
 
 
 @shared_task(name="upkeep.sweep", bind=True)
-def sweep(self) -> int:
-    """Purge assets deleted over 10 s ago whose purge message was lost. Bounded per run."""
+def sweep(self) -> dict:
+    """Re-send jobs left queued (the broker was down when they were accepted) and purge
+    deleted assets whose purge message was lost. Bounded per run; safe to run twice."""
     services = self.app.services
+    with services.db.session() as session:
+        jobs = assets.stale_queued(session, STALE_QUEUED, SEND_BATCH)
+    enqueue(self.app, jobs)
+    return {"resent": len(jobs), "purged": _purge_deleted(services)}
+
+
+def _purge_deleted(services: Services) -> int:
     cutoff = utcnow() - timedelta(seconds=10)
     with services.db.session() as session:
         ids = list(session.scalars(

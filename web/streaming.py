@@ -8,6 +8,7 @@ file part to storage as a readable stream, hashing and counting it on the way.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -63,20 +64,41 @@ class Part:
         self.name = name
         self.filename = filename
         self.headers = headers
-        self._buffer = bytearray()
+        # The decoder's Data chunks, kept as they come: a large read is then one join (a
+        # read of exactly one chunk returns it without any copy), never a bytearray that
+        # grows and is sliced and copied again.
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
         self._done = False
 
     def read(self, size: int = -1) -> bytes:
-        while not self._done and (size < 0 or len(self._buffer) < size):
+        """Up to `size` bytes (all of the part if negative); fewer only at its end."""
+        while not self._done and (size < 0 or self._buffered < size):
             event = self._reader._next()
             if not isinstance(event, Data):
                 raise MalformedBody("unexpected event inside a part")
-            self._buffer += event.data
+            if event.data:
+                self._chunks.append(event.data)
+                self._buffered += len(event.data)
             self._done = not event.more_data
-        size = len(self._buffer) if size < 0 else min(size, len(self._buffer))
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
+        if size < 0 or size >= self._buffered:
+            out = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return out
+        taken: list[bytes] = []
+        missing = size
+        while missing:
+            chunk = self._chunks[0]
+            if len(chunk) <= missing:
+                taken.append(self._chunks.popleft())
+                missing -= len(chunk)
+            else:
+                taken.append(chunk[:missing])
+                self._chunks[0] = chunk[missing:]
+                missing = 0
+        self._buffered -= size
+        return b"".join(taken)
 
     def readable(self) -> bool:
         return True
@@ -91,7 +113,8 @@ class Part:
     def drain(self) -> None:
         while not self._done:
             self.read(CHUNK)
-        self._buffer.clear()
+        self._chunks.clear()
+        self._buffered = 0
 
 
 @dataclass

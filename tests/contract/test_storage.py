@@ -19,11 +19,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import requests
 
-from media.storage import FileStorage, S3Storage, Storage
+from media.storage import FileStorage, S3Storage, Storage, _transfer_config
 
 SECRET = "contract-test-secret-0123456789"
 MiB = 1024 * 1024
-BIG = 17 * MiB + 123  # above multipart_threshold (16 MiB), not a whole number of parts
+BIG = 17 * MiB + 123  # above the multipart threshold, not a whole number of parts
 UNSAFE_KEYS = ["../escape", "a/../../escape", "a/..", "/etc/passwd", "/abs/key", "", "a//b",
                ".hidden", "a/\x00b"]
 
@@ -279,6 +279,8 @@ def test_multipart_sized_file_round_trips(storage, big_bytes, tmp_path):
 def assert_sent_in_parts(storage: Storage, key: str) -> None:
     """On S3, a large upload must be multipart (its ETag ends in -N): memory stays bounded
     and the 5 GiB single-PUT limit does not apply. Even short-reading streams."""
+    threshold = _transfer_config().multipart_threshold
+    assert threshold < BIG, "make BIG larger than the multipart threshold"
     if isinstance(storage, S3Storage):
         head = storage.client.head_object(Bucket=storage.bucket, Key=storage.prefix + key)
         etag = head["ETag"].strip('"')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
@@ -48,7 +49,8 @@ def test_image_and_video_complete(make_stack, s3_endpoint, corpus, request, data
         assert thumb.size == (derivative["width"], derivative["height"])
         assert thumb.height > thumb.width  # upright portrait
         assert "exif" not in thumb.info
-    assert fetch(stack, done["original_url"]) == (corpus / "images/orientation/Portrait_6.jpg").read_bytes()
+    original = (corpus / "images/orientation/Portrait_6.jpg").read_bytes()
+    assert fetch(stack, done["original_url"]) == original
 
     done = wait_final(client, key, video.json["id"], timeout=240)
     assert done["status"] == "completed", done["jobs"]
@@ -166,3 +168,27 @@ def test_running_a_task_twice_leaves_one_result(make_stack, corpus):
     assert _objects(stack, asset_id) == objects
     with services.db.session() as session:
         assert len(session.scalars(select(Job).where(Job.asset_id == asset_id)).all()) == 2
+
+
+def test_upload_accepted_while_broker_down_is_sent_by_the_sweep(make_stack, corpus):
+    from datetime import timedelta
+
+    from web import create_app
+
+    stack = make_stack(queues=("thumbnails", "metadata"))
+    key = stack.create_key("alice")
+    # The same deployment, but the web process cannot reach the broker.
+    down = create_app(replace(stack.settings, broker_url="redis://127.0.0.1:1/0"))
+    response = upload(down.test_client(), key, corpus / "images/camera/DSCN0021.jpg")
+    assert response.status_code == 202
+    asset_id = response.json["id"]
+    services = stack.app.extensions["mediamill"]
+    with services.db.session() as session:
+        for job in session.scalars(select(Job).where(Job.asset_id == asset_id)):
+            assert job.status == "queued"
+            job.queued_at -= timedelta(minutes=10)  # as if beat's sweep came 10 minutes later
+    celery_app = stack.app.extensions["celery"]
+    celery_app.loader.import_default_modules()
+    assert celery_app.tasks["upkeep.sweep"].apply().get()["resent"] == 2
+    assert celery_app.tasks["upkeep.sweep"].apply().get()["resent"] == 0  # nothing twice
+    assert wait_final(stack.client(), key, asset_id)["status"] == "completed"

@@ -83,7 +83,8 @@ def index():
                                         request.args.get("cursor") or None)
             return jsonify({"items": [_json(a) for a in items], "next_cursor": cursor})
     except ValueError:
-        raise Problem(400, "Bad cursor", "cursor must be a next_cursor from a previous answer.")
+        raise Problem(400, "Bad cursor",
+                      "cursor must be a next_cursor from a previous answer.") from None
 
 
 @bp.delete("/<asset_id>")

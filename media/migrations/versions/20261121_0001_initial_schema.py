@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 42fef36afce7
+Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 14:12:06.063605
+Create Date: 2026-11-21 14:22:19.790989
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '42fef36afce7'
+revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -80,6 +80,7 @@ def upgrade() -> None:
     sa.Column('outputs', sa.JSON(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('worker', sa.String(length=255), nullable=True),
+    sa.Column('task_id', sa.String(length=64), nullable=True),
     sa.Column('queued_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),

@@ -1,1 +1,0 @@
-"""The `webhooks` queue (I/O-bound pool): delivery of signed events to client systems."""
