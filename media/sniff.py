@@ -42,7 +42,8 @@ def _image(head: bytes) -> Sniffed | None:
         return Sniffed("image", "image/webp")
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return Sniffed("image", "image/tiff")
-    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+    dib_header = int.from_bytes(head[14:18], "little") if len(head) >= 18 else 0
+    if head[:2] == b"BM" and dib_header in _BMP_HEADERS:
         return Sniffed("image", "image/bmp")
     if head[4:8] == b"ftyp":
         brands = _ftyp_brands(head)
@@ -68,10 +69,9 @@ def _video(head: bytes) -> Sniffed | None:
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):
         return Sniffed("video", "video/quicktime")
     if head.startswith(b"\x1a\x45\xdf\xa3"):
-        doctype = b"webm" if b"webm" in head[:64] else b"matroska" if b"matroska" in head[:64] else None
-        if doctype == b"webm":
+        if b"webm" in head[:64]:
             return Sniffed("video", "video/webm")
-        if doctype == b"matroska":
+        if b"matroska" in head[:64]:
             return Sniffed("video", "video/x-matroska")
         return None
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":

@@ -118,7 +118,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode == "F":
         return image.convert("L")
     if image.mode in ("P", "PA"):
-        return image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
+        alpha = "transparency" in image.info or image.mode == "PA"
+        return image.convert("RGBA" if alpha else "RGB")
     if image.mode in ("RGBa", "La"):
         return image.convert("RGBA")
     if image.mode == "1":
@@ -147,7 +148,9 @@ def _load(image: Image.Image) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"The image is truncated or corrupt and cannot be decoded ({exc}).") from exc
+        raise MediaError(
+            f"The image is truncated or corrupt and cannot be decoded ({exc})."
+        ) from exc
     return image
 
 

@@ -7,12 +7,13 @@ may only open local files, so a crafted file cannot make it follow playlists or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import tempfile
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,34 +140,45 @@ def _run(argv: list[str], timeout: float | None) -> None:
 def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
                        timeout: float | None) -> None:
-    """Run ffmpeg, feeding `-progress` lines to `on_progress`; kill it on any way out."""
-    deadline = time.monotonic() + timeout if timeout else None
+    """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog kills it at
+    `timeout` even if it prints nothing, and any way out of here kills it too."""
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        expired = threading.Event()
+        watchdog = threading.Timer(timeout, _expire, [proc, expired]) if timeout else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             for line in proc.stdout:
-                if deadline and time.monotonic() > deadline:
-                    raise MediaError("The video took too long to convert and was stopped.")
                 if on_progress and duration and line.startswith(b"out_time_us="):
                     micros = _float(line.split(b"=", 1)[1].decode())
                     if micros is not None and micros >= 0:
                         on_progress(min(1.0, micros / 1e6 / duration))
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()) if deadline else None)
+            proc.wait()
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            if watchdog:
+                watchdog.cancel()
+        if expired.is_set():
+            raise MediaError("The video took too long to process and was stopped.")
         if proc.returncode != 0:
             errors.seek(0)
             raise MediaError(f"ffmpeg could not convert the video ({_tail(errors.read())}).")
 
 
+def _expire(proc: subprocess.Popen, expired: threading.Event) -> None:
+    expired.set()
+    _kill(proc)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """Kill ffmpeg's whole process group so no child outlives the task."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 

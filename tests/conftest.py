@@ -245,10 +245,32 @@ def make_stack(tmp_path, redis_server, request):
 
 
 def _flush_broker(url: str) -> None:
+    """Start each deployment with empty queues (RabbitMQ's outlive a test run)."""
     if url.startswith("redis"):
         import redis
 
         redis.Redis.from_url(url).flushdb()
+    elif url.startswith("amqp"):
+        from kombu import Connection
+
+        with Connection(url) as conn:
+            channel = conn.default_channel
+            for queue in QUEUES:
+                channel.queue_delete(queue)
+
+
+@pytest.fixture(scope="session")
+def amqp_url():
+    """The machine's RabbitMQ, if one answers."""
+    from kombu import Connection
+
+    url = os.environ.get("MEDIAMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # any failure: no usable RabbitMQ here
+        pytest.skip(f"no RabbitMQ server at {url} ({exc})")
+    return url
 
 
 @pytest.hookimpl(hookwrapper=True)

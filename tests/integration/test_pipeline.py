@@ -192,3 +192,13 @@ def test_upload_accepted_while_broker_down_is_sent_by_the_sweep(make_stack, corp
     assert celery_app.tasks["upkeep.sweep"].apply().get()["resent"] == 2
     assert celery_app.tasks["upkeep.sweep"].apply().get()["resent"] == 0  # nothing twice
     assert wait_final(stack.client(), key, asset_id)["status"] == "completed"
+
+
+def test_rabbitmq_broker_runs_the_pipeline(make_stack, amqp_url, corpus):
+    stack = make_stack(broker_url=amqp_url)
+    assert stack.settings.broker_kind == "amqp"
+    client, key = stack.client(), stack.create_key("alice")
+    ids = [upload(client, key, corpus / path).json["id"]
+           for path in ("images/camera/jolla.jpg", "video/example.mp4")]
+    for asset_id in ids:
+        assert wait_final(client, key, asset_id)["status"] == "completed"

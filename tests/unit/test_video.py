@@ -310,3 +310,18 @@ def test_poster_of_a_rotated_clip_is_upright(clips, tmp_path):
 
     with Image.open(poster) as image:
         assert image.size == (240, 320)
+
+
+def test_a_silent_hung_ffmpeg_is_killed_at_its_timeout(tmp_path):
+    # ffmpeg reading a FIFO nobody writes to hangs without printing progress.
+    import os
+    import time
+
+    fifo = tmp_path / "stuck.ts"
+    os.mkfifo(fifo)
+    argv = ["ffmpeg", "-nostdin", "-f", "mpegts", "-i", f"file:{fifo}", "-f", "null", "-"]
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="took too long"):
+        video._run_with_progress(argv, None, None, timeout=1.0)
+    assert time.monotonic() - started < 10
+    assert subprocess.run(["pgrep", "-f", str(fifo)], capture_output=True).stdout == b""
