@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, json
+from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from werkzeug.exceptions import HTTPException
+
+from media.errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,14 @@ def register(app: Flask) -> None:
         headers = dict(exc.get_headers()) if exc.code == 405 else {}
         headers.pop("Content-Type", None)
         return problem(exc.code or 500, exc.name, exc.description or exc.name, headers)
+
+    @app.errorhandler(TransientError)
+    @app.errorhandler(DBAPIOperationalError)
+    def unavailable(exc: Exception) -> Response:
+        log.warning("dependency unavailable: %s", exc)
+        return problem(503, "Service Unavailable", "Storage or the database is unreachable "
+                       "right now; nothing was recorded. Try again shortly.",
+                       {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

@@ -250,3 +250,17 @@ def test_bad_setting_stops_the_process_with_one_line(tmp_path, command):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "DATABASE_URL" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_storage_down_during_upload_is_503_not_500(tmp_path, redis_server):
+    from web import create_app
+
+    # An S3 endpoint where nothing listens: every storage call fails to connect.
+    env = stack_env(tmp_path, redis_server, 14, f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    "s3://nowhere", "http://127.0.0.1:9")
+    app = create_app(Settings.from_env(env))
+    client, key = app.test_client(), new_key(app, "alice")
+    response = upload(client, key, data=jpeg())
+    assert assert_problem(response, 503)["detail"].startswith("Storage or the database")
+    assert response.headers["Retry-After"] == "5"
+    assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
