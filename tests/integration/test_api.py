@@ -264,3 +264,19 @@ def test_storage_down_during_upload_is_503_not_500(tmp_path, redis_server):
     assert assert_problem(response, 503)["detail"].startswith("Storage or the database")
     assert response.headers["Retry-After"] == "5"
     assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
+
+
+@pytest.mark.parametrize("body", [
+    b"not multipart at all",
+    b'--B\r\nContent-Type: text/plain\r\n\r\nno disposition\r\n--B--\r\n',
+    b'--B\r\nContent-Disposition: form-data; name="note"\r\n\r\n' + b"x" * 9000 + b"\r\n--B--\r\n",
+    b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
+    + b"\0" * 5000,  # cut off before the closing boundary
+])
+def test_malformed_multipart_is_400(api, body):
+    client, key = api.test_client(), new_key(api, "alice")
+    response = client.post("/api/v1/assets", data=body, headers={
+        **auth(key), "Content-Type": "multipart/form-data; boundary=B"})
+    assert_problem(response, 400)
+    storage = Path(api.extensions["mediamill"].settings.storage_url[7:])
+    assert not any(p.is_file() for p in storage.rglob("*"))

@@ -53,6 +53,10 @@ def create():
         if replay is not None:
             return _replay(replay, upload.sha256)
         return _record(asset_id, upload, webhook_url, idempotency_key)
+    except MalformedBody as exc:
+        if stored:
+            services().storage.delete_prefix(f"assets/{asset_id}")
+        raise _malformed(exc) from None
     except BaseException:
         if stored:
             services().storage.delete_prefix(f"assets/{asset_id}")
@@ -132,9 +136,6 @@ def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Uploa
         raise Problem(415, "Unsupported Media Type", str(exc)) from None
     except TooLarge:
         raise _too_large(limit) from None
-    except MalformedBody as exc:
-        raise Problem(400, "Malformed upload", f"The request body ended early or is not valid "
-                      f"multipart/form-data ({exc}).") from None
     return assets.Upload(asset_id, found.kind, found.content_type, part.filename or "",
                          digest.size, digest.sha256)
 
@@ -204,6 +205,11 @@ def _get_or_404(session, asset_id: str):
 def _json(asset) -> dict:
     s = services()
     return assets.to_json(asset, s.storage, base_url(), s.settings.signed_url_ttl)
+
+
+def _malformed(exc: Exception) -> Problem:
+    return Problem(400, "Malformed upload", f"The request body ended early or is not valid "
+                   f"multipart/form-data ({exc}).")
 
 
 def _too_large(limit: int) -> Problem:
