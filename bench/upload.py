@@ -380,6 +380,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
         "MEDIAMILL_SECRET_KEY": "bench-secret-key-0123456789abcdef",
         "MEDIAMILL_INSTANCE_DIR": str(tmp / "instance"),
         "MEDIAMILL_MAX_UPLOAD_BYTES": str(size + 64 * MiB),
+        "MALLOC_ARENA_MAX": "2",  # as the Procfile's web line sets it
         **AWS,
         **dict(item.split("=", 1) for item in args.web_env),
     }
