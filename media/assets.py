@@ -146,10 +146,13 @@ def set_progress(session: Session, job_id: str, progress: float) -> bool:
 
 def complete_job(session: Session, job_id: str, outputs: list[dict],
                  meta: dict | None = None) -> Asset | None:
-    """Finish a job with its outputs (replacing any earlier run's) and settle the asset."""
+    """Finish a job with its outputs (replacing any earlier run's) and settle the asset.
+    Returns the asset, or None when the job and its asset are gone (deleted)."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status == "completed":
+    if job is None:
         return None
+    if job.status == "completed":  # a duplicate run finished second: nothing changes
+        return session.get(Asset, job.asset_id)
     job.status, job.progress, job.error = "completed", 1.0, None
     job.outputs, job.finished_at = outputs, utcnow()
     asset = session.get(Asset, job.asset_id, with_for_update=True)
