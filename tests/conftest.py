@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("MEDIAMILL_CORPUS", ROOT.parent / "shared" / "corpus"))
 BIN = Path(sys.executable).parent
 QUEUES = ("thumbnails", "video", "metadata", "webhooks")
 PG_ADMIN_URL = os.environ.get("MEDIAMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -55,10 +55,14 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
+def pytest_configure(config) -> None:
+    if not CORPUS.is_dir():  # the tests' real photos and videos: a hard requirement
+        raise pytest.UsageError(f"the test corpus is missing at {CORPUS}; check out shared/ "
+                                "beside the project or set MEDIAMILL_CORPUS")
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    if not CORPUS.is_dir():
-        pytest.skip(f"the shared corpus is missing at {CORPUS}")
     return CORPUS
 
 
