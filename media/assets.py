@@ -16,6 +16,7 @@ from urllib.parse import urljoin
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
+from media.events import Outbox
 from media.records import Asset, IdempotencyKey, Job, utcnow
 from media.storage import Storage
 
@@ -36,8 +37,8 @@ class Upload:
     sha256: str
 
 
-def create(session: Session, tenant_id: str, upload: Upload,
-           webhook_url: str | None = None) -> Asset:
+def create(session: Session, tenant_id: str, upload: Upload, webhook_url: str | None = None,
+           outbox: Outbox | None = None) -> Asset:
     """Record a stored upload as a queued asset with one queued job per processing kind."""
     asset = Asset(
         id=upload.asset_id, tenant_id=tenant_id, kind=upload.kind, filename=upload.filename,
@@ -47,6 +48,8 @@ def create(session: Session, tenant_id: str, upload: Upload,
     )
     session.add(asset)
     session.flush()
+    if outbox:
+        outbox.state(session, asset)
     return asset
 
 
@@ -99,7 +102,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def start_job(session: Session, job_id: str, worker: str, task_id: str,
-              lease: timedelta = timedelta(hours=4)) -> Job | None:
+              lease: timedelta = timedelta(hours=4), outbox: Outbox | None = None) -> Job | None:
     """Mark a job processing and return it, or None when there is nothing to do: done,
     failed for good, asset deleted, or running under another task id within its lease (a
     duplicate message). The same task id redelivered after a crash starts it again."""
@@ -117,6 +120,8 @@ def start_job(session: Session, job_id: str, worker: str, task_id: str,
     if asset.status == "queued":
         asset.status = "processing"
     asset.updated_at = utcnow()
+    if outbox:
+        outbox.state(session, asset)
     return job
 
 
@@ -134,18 +139,22 @@ def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Jo
     return jobs
 
 
-def set_progress(session: Session, job_id: str, progress: float) -> bool:
+def set_progress(session: Session, job_id: str, progress: float,
+                 outbox: Outbox | None = None) -> bool:
     """Raise a running job's progress; never lowers it. True if it changed."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "processing", Job.progress < progress)
         .values(progress=min(progress, 1.0))
     )
+    if result.rowcount and outbox:
+        job = session.get(Job, job_id)
+        outbox.progress(session, session.get(Asset, job.asset_id, with_for_update=True))
     return result.rowcount > 0
 
 
 def complete_job(session: Session, job_id: str, outputs: list[dict],
-                 meta: dict | None = None) -> Asset | None:
+                 meta: dict | None = None, outbox: Outbox | None = None) -> Asset | None:
     """Finish a job with its outputs (replacing any earlier run's) and settle the asset.
     Returns the asset, or None when the job and its asset are gone (deleted)."""
     job = session.get(Job, job_id, with_for_update=True)
@@ -158,16 +167,29 @@ def complete_job(session: Session, job_id: str, outputs: list[dict],
     asset = session.get(Asset, job.asset_id, with_for_update=True)
     if meta is not None:
         asset.meta = meta
-    return settle(session, asset)
+    before = asset.status
+    settle(session, asset)
+    if outbox:
+        outbox.state(session, asset, f"asset.{job.kind}.completed")
+        if asset.status == "completed" != before:
+            outbox.state(session, asset, "asset.completed")
+    return asset
 
 
-def fail_job(session: Session, job_id: str, error: str) -> Asset | None:
+def fail_job(session: Session, job_id: str, error: str,
+             outbox: Outbox | None = None) -> Asset | None:
     """Fail a job for good with a sentence a person can act on, and settle the asset."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.status in FINAL:
         return None
     job.status, job.error, job.finished_at = "failed", error, utcnow()
-    return settle(session, session.get(Asset, job.asset_id, with_for_update=True))
+    asset = session.get(Asset, job.asset_id, with_for_update=True)
+    before = asset.status
+    settle(session, asset)
+    if outbox:
+        failed_now = asset.status == "failed" != before
+        outbox.state(session, asset, "asset.failed" if failed_now else None)
+    return asset
 
 
 def settle(session: Session, asset: Asset) -> Asset:
@@ -185,13 +207,15 @@ def settle(session: Session, asset: Asset) -> Asset:
     return asset
 
 
-def reprocess(session: Session, asset: Asset) -> list[Job]:
+def reprocess(session: Session, asset: Asset, outbox: Outbox | None = None) -> list[Job]:
     """Put every job of the asset back in the queue; outputs are overwritten by the re-run."""
     for job in asset.jobs:
         job.status, job.progress, job.error, job.outputs = "queued", 0.0, None, []
         job.started_at = job.finished_at = None
         job.queued_at = utcnow()
     asset.status, asset.updated_at = "queued", utcnow()
+    if outbox:
+        outbox.state(session, asset)
     return list(asset.jobs)
 
 

@@ -44,6 +44,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def after_commit(session: Session, action) -> None:
+    """Run `action()` after this session's transaction commits (never if it rolls back):
+    messages and notifications about rows must not leave before the rows exist."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
 
@@ -82,6 +88,7 @@ class Asset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict] = mapped_column(default=dict)
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # last event's sequence number
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
@@ -115,6 +122,58 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     asset: Mapped[Asset] = relationship(back_populates="jobs")
+
+
+class AssetEvent(Base):
+    """One change of an asset, in order: the live stream replays these, and those with a
+    webhook `type` are the outbox their deliveries are made from."""
+
+    __tablename__ = "asset_events"
+    __table_args__ = (UniqueConstraint("asset_id", "seq", name="uq_asset_events_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # "state" or "progress"
+    type: Mapped[str | None] = mapped_column(String(64), default=None)
+    data: Mapped[dict] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Webhook(Base):
+    """A tenant's subscription: events of the listed types go to `url`."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """One event to one URL, and every attempt to deliver it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    message_id: Mapped[str] = mapped_column(String(64))  # webhook-id, the same on retries
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    asset_id: Mapped[str] = mapped_column(String(32), index=True)
+    webhook_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    url: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)  # the exact bytes signed and sent each time
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[list] = mapped_column(default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):
@@ -164,9 +223,13 @@ class Database:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        """A session whose transaction commits on success and rolls back on error; actions
+        queued with `after_commit` run once the commit has succeeded."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+            for action in session.info.pop("after_commit", []):
+                action()
 
     def check(self) -> None:
         """Raise unless the database answers a query."""

@@ -1,24 +1,68 @@
-"""The shared resources a process needs, built from settings: records and storage."""
+"""The shared resources a process needs, built from settings: records, storage, outbox."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
+
+import redis
 
 from config.settings import Settings
 from media import storage as storage_module
-from media.records import Database
+from media.events import CHANNEL, Outbox
+from media.records import Asset, Database
 from media.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Links inside recorded events (webhook bodies, the live stream) must outlive a day of
+# webhook retries; 7 days is the longest an S3 presigned URL may live.
+EVENT_URL_TTL = 7 * 24 * 3600
 
 
 @dataclass
 class Services:
-    """Settings, database and storage for one process (web or worker)."""
+    """Settings, database, storage and the event outbox for one process (web or worker)."""
 
     settings: Settings
     db: Database
     storage: Storage
+    outbox: Outbox = field(init=False)
+    _redis: redis.Redis | None = field(default=None, init=False, repr=False)
+    _redis_pid: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(render=self.render, publish=self.publish)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         db = Database(settings.database_url)
         return cls(settings, db, storage_module.from_settings(settings))
+
+    @property
+    def base_url(self) -> str:
+        """Where links made outside a request point: MEDIAMILL_PUBLIC_URL, else this host."""
+        return self.settings.public_url or f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        """One client per process (made after fork) for the live-status channel."""
+        if self._redis is None or self._redis_pid != os.getpid():
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
+                                               socket_connect_timeout=3)
+            self._redis_pid = os.getpid()
+        return self._redis
+
+    def render(self, asset: Asset) -> dict:
+        """The asset JSON as events carry it."""
+        from media.assets import to_json
+
+        return to_json(asset, self.storage, self.base_url, EVENT_URL_TTL)
+
+    def publish(self, asset_id: str, seq: int) -> None:
+        """Wake live streams of this asset; losing one only delays them to their next poll."""
+        try:
+            self.redis.publish(CHANNEL.format(asset_id), seq)
+        except redis.RedisError as exc:
+            log.warning("live-status publish for %s failed: %s", asset_id, exc)

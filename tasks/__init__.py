@@ -12,7 +12,8 @@ from config.celery import celery_config
 from config.settings import Settings
 from media.services import Services
 
-TASK_MODULES = ["tasks.thumbnails", "tasks.video", "tasks.metadata", "tasks.upkeep"]
+TASK_MODULES = ["tasks.thumbnails", "tasks.video", "tasks.metadata", "tasks.webhooks",
+                "tasks.upkeep"]
 
 
 class MediamillCelery(Celery):
@@ -27,6 +28,9 @@ def make_celery(settings: Settings) -> MediamillCelery:
     app.conf.update(celery_config(settings))
     settings.instance_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app.services = Services.from_settings(settings)
+    app.services.outbox.send = lambda ids: [
+        app.send_task("webhooks.deliver", args=[delivery_id]) for delivery_id in ids
+    ]
     return app
 
 

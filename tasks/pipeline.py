@@ -68,8 +68,9 @@ class JobTask(Task):
         else:
             reason = (f"Processing failed unexpectedly ({type(exc).__name__}); reprocess the "
                       f"asset, and report task {task_id} if it happens again.")
-        with self.app.services.db.session() as session:
-            assets.fail_job(session, args[0], reason)
+        services = self.app.services
+        with services.db.session() as session:
+            assets.fail_job(session, args[0], reason, services.outbox)
 
 
 def enqueue(app, jobs: Iterable) -> None:
@@ -83,7 +84,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
     services: Services = task.app.services
     with services.db.session() as session:
         job = assets.start_job(session, job_id, task.request.hostname or "eager",
-                               task.request.id or "eager")
+                               task.request.id or "eager", outbox=services.outbox)
         if job is None:
             return "skipped"
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
@@ -104,7 +105,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
                                            "was stopped; the file may be too large or complex.")
         outputs = [_store(services, asset_id, *item) for item in result.files]
     with services.db.session() as session:
-        asset = assets.complete_job(session, job_id, outputs, result.meta)
+        asset = assets.complete_job(session, job_id, outputs, result.meta, services.outbox)
         gone = asset is None or asset.deleted_at is not None
     if gone:  # deleted while we worked: do not leave our outputs behind
         services.storage.delete_prefix(f"assets/{asset_id}")
@@ -123,7 +124,7 @@ def _store(services: Services, asset_id: str, name: str, path: Path, content_typ
 def _fail(services: Services, job_id: str, reason: str) -> str:
     log.info("job %s failed: %s", job_id, reason)
     with services.db.session() as session:
-        assets.fail_job(session, job_id, reason)
+        assets.fail_job(session, job_id, reason, services.outbox)
     return "failed"
 
 
@@ -137,6 +138,6 @@ def _progress_writer(services: Services, job_id: str, every: float = 1.0) -> Cal
             return
         last.update(at=now, value=value)
         with services.db.session() as session:
-            assets.set_progress(session, job_id, min(value, 0.99))
+            assets.set_progress(session, job_id, min(value, 0.99), services.outbox)
 
     return report

@@ -152,10 +152,14 @@ class Stack:
         return self.app.test_client()
 
     def create_key(self, name: str) -> str:
+        return self.create_tenant(name)["api_key"]
+
+    def create_tenant(self, name: str) -> dict:
+        """A new API key for `name`: {"tenant", "api_key", "webhook_secret"}."""
         from media.keys import create_api_key
 
         with self.app.extensions["mediamill"].db.session() as session:
-            return create_api_key(session, name)["api_key"]
+            return create_api_key(session, name)
 
 
 def stack_env(tmp: Path, redis_url: str, db: int, database_url: str, storage_url: str,
@@ -220,7 +224,7 @@ def make_stack(tmp_path, redis_server, request):
 
     def make(database_url: str | None = None, storage: str = "file",
              s3_endpoint: str | None = None, broker_url: str | None = None,
-             queues=QUEUES) -> Stack:
+             queues=QUEUES, extra_env: dict | None = None, beat: bool = False) -> Stack:
         from config.settings import Settings
         from web import create_app
 
@@ -231,12 +235,19 @@ def make_stack(tmp_path, redis_server, request):
         db_url = database_url or f"sqlite:///{tmp / 'mediamill.db'}"
         env = stack_env(tmp, redis_server, next(counter), db_url, storage_url, s3_endpoint,
                         broker_url)
+        env.update(extra_env or {})
         settings = Settings.from_env(env)
         app = create_app(settings)  # migrates the schema before the workers start
         app.config["TESTING"] = True
         _flush_broker(settings.broker_url)
         workers = {q: start_worker(env, q, tmp) for q in queues}
         started.extend(workers.values())
+        if beat:
+            log = open(tmp / "beat.log", "ab")
+            started.append(subprocess.Popen(
+                [str(BIN / "celery"), "-A", "tasks", "beat", "--loglevel", "INFO"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True))
         wait_workers_ready(env, queues)
         return Stack(env, settings, app, workers, tmp)
 

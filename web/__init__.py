@@ -7,7 +7,6 @@ import logging
 from flask import Flask
 
 from config.settings import Settings
-from media.services import Services
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -18,16 +17,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = load()
     from tasks import make_celery
     from web import cli, errors, files, health, site
-    from web.api import assets
+    from web.api import assets, events, webhooks
 
     app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
     app.config.update(SECRET_KEY=settings.secret_key, MAX_FORM_MEMORY_SIZE=64 * 1024,
                       JSON_SORT_KEYS=False)
-    services = Services.from_settings(settings)
+    celery_app = make_celery(settings)
+    services = celery_app.services
     services.db.upgrade()
     app.extensions["mediamill"] = services
-    app.extensions["celery"] = make_celery(settings)
-    for blueprint in (assets.bp, health.bp, files.bp, site.bp):
+    app.extensions["celery"] = celery_app
+    for blueprint in (assets.bp, events.bp, webhooks.bp, health.bp, files.bp, site.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     cli.register(app)

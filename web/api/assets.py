@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify, request
 from kombu.exceptions import OperationalError
@@ -15,6 +14,7 @@ from media.errors import UnsupportedMedia
 from media.records import IdempotencyKey, new_id
 from media.sniff import SNIFF_BYTES, sniff
 from tasks.pipeline import enqueue
+from web.api.webhooks import check_target
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import base_url, celery, services
@@ -108,7 +108,7 @@ def reprocess(asset_id: str):
     """Run every job of the asset again; outputs are replaced: 202."""
     with services().db.session() as session:
         asset = _get_or_404(session, asset_id)
-        jobs = assets.reprocess(session, asset)
+        jobs = assets.reprocess(session, asset, services().outbox)
     _send(lambda: enqueue(celery(), jobs))
     with services().db.session() as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
@@ -144,7 +144,8 @@ def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
             idempotency_key: str | None):
     try:
         with services().db.session() as session:
-            asset = assets.create(session, g.tenant_id, upload, webhook_url)
+            asset = assets.create(session, g.tenant_id, upload, webhook_url,
+                                  services().outbox)
             if idempotency_key:
                 session.add(IdempotencyKey(tenant_id=g.tenant_id, key=idempotency_key,
                                            sha256=upload.sha256, asset_id=asset_id,
@@ -178,11 +179,9 @@ def _replay(record: IdempotencyKey, sha256: str):
 
 
 def _webhook_url(value: str | None) -> str | None:
-    if not value:
+    if not value or not value.strip():
         return None
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Problem(422, "Bad webhook_url", "webhook_url must be an absolute http(s) URL.")
+    check_target(value.strip())
     return value.strip()
 
 

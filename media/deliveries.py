@@ -1,0 +1,91 @@
+"""The delivery log: claiming a due delivery, recording an attempt, finding what is due.
+
+A delivery is attempted by whoever claims it (a short lease in the row), so the message
+sent at once after the event and beat's dispatcher can both exist without the receiver
+getting the event twice at the same time; every attempt carries the same webhook-id.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from media.records import Delivery, utcnow
+from media.webhooks import Attempt, next_attempt
+
+CLAIM = timedelta(seconds=60)  # longer than one attempt's connect + read timeouts
+REDISPATCH = timedelta(seconds=60)
+
+
+def claim(session: Session, delivery_id: str) -> Delivery | None:
+    """Take the delivery for one attempt if it is pending, due and unclaimed."""
+    now = utcnow()
+    taken = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "pending",
+               Delivery.next_attempt_at <= now,
+               or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now))
+        .values(claimed_until=now + CLAIM)
+    ).rowcount
+    return session.get(Delivery, delivery_id) if taken else None
+
+
+def record(session: Session, delivery_id: str, attempt: Attempt,
+           schedule: tuple[int, ...]) -> Delivery:
+    """Log an attempt; delivered on 2xx, else scheduled again or failed for good."""
+    delivery = session.get(Delivery, delivery_id, with_for_update=True)
+    entry = {"at": attempt.at, "status_code": attempt.status_code,
+             "duration_ms": attempt.duration_ms, "error": attempt.error,
+             "response": attempt.response}
+    delivery.attempts = [*delivery.attempts, entry]
+    delivery.claimed_until = delivery.dispatched_at = None
+    if attempt.delivered:
+        delivery.status, delivery.next_attempt_at = "delivered", None
+    else:
+        failures = sum(1 for a in delivery.attempts if a["error"])
+        delivery.next_attempt_at = next_attempt(schedule, failures, utcnow())
+        if delivery.next_attempt_at is None:
+            delivery.status = "failed"
+    return delivery
+
+
+def due(session: Session, limit: int) -> list[str]:
+    """Pending deliveries whose time has come and that no one holds; marks them dispatched."""
+    now = utcnow()
+    rows = list(session.scalars(
+        select(Delivery)
+        .where(Delivery.status == "pending", Delivery.next_attempt_at <= now,
+               or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
+               or_(Delivery.dispatched_at.is_(None), Delivery.dispatched_at < now - REDISPATCH))
+        .order_by(Delivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+    for row in rows:
+        row.dispatched_at = now
+    return [row.id for row in rows]
+
+
+def redeliver(session: Session, delivery: Delivery) -> None:
+    """Send again now, with the same webhook-id, whatever its status was."""
+    delivery.status, delivery.next_attempt_at = "pending", utcnow()
+    delivery.claimed_until, delivery.dispatched_at = None, utcnow()
+
+
+def to_json(delivery: Delivery) -> dict:
+    """The contract's delivery-log entry."""
+    from media.assets import rfc3339
+
+    return {
+        "id": delivery.id,
+        "event_type": delivery.event_type,
+        "webhook_id": delivery.webhook_id,
+        "url": delivery.url,
+        "status": delivery.status,
+        "attempts": [{k: a.get(k) for k in ("at", "status_code", "duration_ms", "error")}
+                     for a in delivery.attempts],
+        "next_attempt_at": rfc3339(delivery.next_attempt_at) if delivery.next_attempt_at
+        else None,
+        "message_id": delivery.message_id,
+        "asset_id": delivery.asset_id,
+    }

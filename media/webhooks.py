@@ -1,0 +1,184 @@
+"""Webhook delivery: which targets are allowed, Standard Webhooks signing, one HTTP attempt,
+and the retry schedule. No Celery or Flask here; tasks/webhooks.py drives it.
+
+The address check happens on the socket actually connected (after DNS), so a name that
+resolves to a public address when subscribed and to 127.0.0.1 when delivered (DNS
+rebinding) is still refused. Redirects are never followed; answers are read only so far.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import urllib3
+from standardwebhooks import Webhook as Signer
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+EVENT_TYPES = ("asset.metadata.completed", "asset.thumbnails.completed",
+               "asset.video.completed", "asset.completed", "asset.failed")
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+SNIPPET_BYTES = 512
+USER_AGENT = "mediamill-webhooks/1"
+
+
+class RefusedTarget(ValueError):
+    """The URL is malformed or points at an address webhooks may not reach."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one delivery attempt, as the delivery log shows it."""
+
+    at: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def refused_reason(ip: str, allow_private: bool) -> str | None:
+    """Why a webhook may not connect to `ip`, or None if it may."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_multicast or address.is_unspecified:
+        return f"{address} is a multicast or unspecified address"
+    if address.is_global:
+        return None
+    if allow_private:
+        return None
+    return (f"{address} is a private, loopback, link-local, reserved or metadata address "
+            "(set MEDIAMILL_WEBHOOK_ALLOW_PRIVATE=1 to allow it for development)")
+
+
+def check_url(url: str, allow_private: bool) -> None:
+    """Raise RefusedTarget unless `url` is http(s) and every address it resolves to is
+    allowed. Deliveries check again on the connected socket."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RefusedTarget("webhook URLs must be absolute http:// or https:// URLs")
+    if parts.username or parts.password:
+        raise RefusedTarget("webhook URLs may not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, ValueError) as exc:
+        raise RefusedTarget(f"{parts.hostname} does not resolve ({exc})") from None
+    for info in infos:
+        if reason := refused_reason(info[4][0], allow_private):
+            raise RefusedTarget(f"{parts.hostname} resolves to {reason}")
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers for `body`."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": Signer(secret).sign(message_id, moment, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def body_for(event_type: str, timestamp: datetime, asset: dict) -> str:
+    """The JSON body of an event, fixed once so every retry sends the same bytes."""
+    stamp = timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": stamp, "data": asset},
+                      separators=(",", ":"), sort_keys=True)
+
+
+def send(url: str, body: str, headers: dict[str, str], allow_private: bool) -> Attempt:
+    """POST once. Never raises for network trouble: the Attempt says what happened."""
+    started = time.monotonic()
+    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+    def done(status: int | None, error: str | None, response: str | None = None) -> Attempt:
+        return Attempt(at, status, int((time.monotonic() - started) * 1000), error, response)
+
+    try:
+        answer = _pool(allow_private).request(
+            "POST", url, body=body.encode(), headers=headers, redirect=False, retries=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            preload_content=False,
+        )
+    except RefusedConnection as exc:
+        return done(None, f"refused: {exc}")
+    except urllib3.exceptions.HTTPError as exc:
+        return done(None, _describe(exc))
+    try:
+        snippet = answer.read(SNIPPET_BYTES, decode_content=False).decode("utf-8", "replace")
+    except urllib3.exceptions.HTTPError:
+        snippet = None
+    finally:
+        answer.release_conn()
+        answer.close()
+    error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
+    return done(answer.status, error, snippet)
+
+
+def next_attempt(schedule: tuple[int, ...], failures: int, now: datetime) -> datetime | None:
+    """When to try again after `failures` failed attempts (with ±10 % jitter so receivers
+    coming back are not hit by every sender at once), or None when the schedule is spent."""
+    if failures > len(schedule):
+        return None
+    delay = schedule[failures - 1] * random.uniform(0.9, 1.1)
+    return now + timedelta(seconds=delay)
+
+
+class RefusedConnection(urllib3.exceptions.HTTPError):
+    """The connected peer's address is not an allowed webhook target."""
+
+
+class _CheckedConnection:
+    allow_private = False
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        peer = sock.getpeername()[0]
+        if reason := refused_reason(peer, self.allow_private):
+            sock.close()
+            raise RefusedConnection(f"{self.host} connected to {reason}")
+        return sock
+
+
+def _pool(allow_private: bool) -> urllib3.PoolManager:
+    key = bool(allow_private)
+    if key not in _POOLS:
+        http = type("HTTP", (_CheckedConnection, HTTPConnection), {"allow_private": key})
+        https = type("HTTPS", (_CheckedConnection, HTTPSConnection), {"allow_private": key})
+        manager = urllib3.PoolManager(num_pools=50, maxsize=4)
+        manager.pool_classes_by_scheme = {
+            "http": type("Pool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("Pools", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+        }
+        _POOLS[key] = manager
+    return _POOLS[key]
+
+
+_POOLS: dict[bool, urllib3.PoolManager] = {}
+
+
+def _describe(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, RefusedConnection):
+        return f"refused: {reason}"
+    text = str(reason)
+    if "timed out" in text.lower():
+        return "timed out"
+    if "refused" in text.lower():
+        return "connection refused"
+    return text[:200]

@@ -1,0 +1,236 @@
+"""Webhooks to a real local receiver through real workers and beat, and the live stream."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+
+import pytest
+from PIL import Image
+from standardwebhooks import Webhook
+
+from tests.conftest import free_port, wait_for
+from tests.helpers import auth, upload, wait_final
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRIES = {"MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1",
+                "MEDIAMILL_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1,1,1,1,1"}
+
+
+@pytest.fixture
+def receiver():
+    started = Receiver().start()
+    yield started
+    started.stop()
+
+
+def small_jpeg(i: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (i * 5 % 256, 90, 200)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_completed_event_is_signed_once_per_event(make_stack, receiver, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES)
+    tenant = stack.create_tenant("alice")
+    client = stack.client()
+    answer = upload(client, tenant["api_key"], corpus / "images/camera/DSCN0010.jpg",
+                    webhook_url=receiver.url)
+    asset_id = answer.json["id"]
+    wait_for(lambda: receiver.of_type("asset.completed"), timeout=60, what="asset.completed")
+    wait_for(lambda: len(receiver.received) >= 3, timeout=30, what="job events")
+    types = Counter(r.json["type"] for r in receiver.received)
+    assert types == {"asset.metadata.completed": 1, "asset.thumbnails.completed": 1,
+                     "asset.completed": 1}
+    verifier = Webhook(tenant["webhook_secret"])
+    for request in receiver.received:
+        payload = verifier.verify(request.body, request.headers)
+        assert payload["data"]["id"] == asset_id
+    done = receiver.of_type("asset.completed")[0].json["data"]
+    assert done["status"] == "completed" and done["derivatives"]
+    log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                     headers=auth(tenant["api_key"])).json["items"]
+    assert {d["status"] for d in log} == {"delivered"}
+    assert all(len(d["attempts"]) == 1 and d["attempts"][0]["status_code"] == 200 for d in log)
+
+
+def test_failing_receiver_gets_the_same_webhook_id_until_it_answers(make_stack, receiver,
+                                                                   corpus):
+    stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES,
+                       beat=True)
+    key = stack.create_key("alice")
+    client = stack.client()
+    seen = Counter()
+
+    def answer(request):  # asset.completed fails three times, then succeeds
+        if request.json["type"] != "asset.completed":
+            return 200
+        seen["completed"] += 1
+        return 500 if seen["completed"] <= 3 else 200
+
+    receiver.answer = answer
+    hook = client.post("/api/v1/webhooks", headers=auth(key),
+                       json={"url": receiver.url, "events": ["asset.completed"]})
+    assert hook.status_code == 201, hook.json
+    asset_id = upload(client, key, corpus / "images/camera/DSCN0021.jpg").json["id"]
+    wait_for(lambda: seen["completed"] >= 4, timeout=90, interval=0.5, what="4 attempts")
+    attempts = receiver.of_type("asset.completed")
+    assert len({r.headers["webhook-id"] for r in attempts}) == 1
+
+    def delivered():
+        log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                         headers=auth(key)).json["items"]
+        return log if log and log[0]["status"] == "delivered" else None
+
+    log = wait_for(delivered, timeout=30, what="delivery logged")
+    assert len(log) == 1 and log[0]["webhook_id"] == hook.json["id"]
+    assert [a["status_code"] for a in log[0]["attempts"]] == [500, 500, 500, 200]
+    assert log[0]["next_attempt_at"] is None
+
+    redo = client.post(f"/api/v1/webhooks/deliveries/{log[0]['id']}/redeliver",
+                       headers=auth(key))
+    assert redo.status_code == 202
+    wait_for(lambda: len(receiver.of_type("asset.completed")) == 5, timeout=30,
+             what="redelivery")
+    assert receiver.of_type("asset.completed")[-1].headers["webhook-id"] == \
+        attempts[0].headers["webhook-id"]
+
+
+def test_receiver_that_is_down_gets_the_event_when_it_comes_back(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES,
+                       beat=True)
+    key = stack.create_key("alice")
+    client = stack.client()
+    port = free_port()
+    down = Receiver(port=port)
+    asset_id = upload(client, key, corpus / "images/camera/jolla.jpg",
+                      webhook_url=down.url).json["id"]
+    assert wait_final(client, key, asset_id)["status"] == "completed"
+
+    def failed_attempts():
+        log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                         headers=auth(key)).json["items"]
+        completed = [d for d in log if d["event_type"] == "asset.completed"]
+        return completed and len(completed[0]["attempts"]) >= 2
+
+    wait_for(failed_attempts, timeout=60, interval=0.5, what="attempts while down")
+    back = Receiver(port=port).start()
+    try:
+        wait_for(lambda: back.of_type("asset.completed"), timeout=60, interval=0.5,
+                 what="delivery after the receiver came back")
+        assert len(back.of_type("asset.completed")) == 1
+    finally:
+        back.stop()
+
+
+def test_exactly_one_completed_event_per_asset_across_50_uploads(make_stack, receiver):
+    stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES)
+    key = stack.create_key("alice")
+    client = stack.client()
+    client.post("/api/v1/webhooks", headers=auth(key),
+                json={"url": receiver.url, "events": ["asset.completed", "asset.failed"]})
+    ids = {upload(client, key, data=small_jpeg(i), filename=f"{i}.jpg").json["id"]
+           for i in range(50)}
+    wait_for(lambda: len(receiver.received) >= 50, timeout=180, interval=0.5,
+             what="50 asset.completed")
+    time.sleep(3)  # a duplicate, if any, would arrive within this
+    got = Counter(r.json["data"]["id"] for r in receiver.of_type("asset.completed"))
+    assert set(got) == ids and set(got.values()) == {1}
+    assert receiver.of_type("asset.failed") == []
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/hook", "http://10.0.0.1/hook", "http://169.254.169.254/latest",
+    "http://[::1]:8000/hook", "http://localhost:5000/hook", "http://[::ffff:127.0.0.1]/x",
+    "ftp://example.com/x", "http://user:pw@example.com/x",
+])
+def test_refused_targets(make_stack, url):
+    stack = make_stack(queues=())
+    key = stack.create_key("alice")
+    client = stack.client()
+    answer = client.post("/api/v1/webhooks", headers=auth(key),
+                         json={"url": url, "events": ["asset.completed"]})
+    assert answer.status_code == 422, answer.json
+    assert answer.mimetype == "application/problem+json"
+    refused = upload(client, key, data=small_jpeg(1), webhook_url=url)
+    assert refused.status_code == 422
+    assert client.get("/api/v1/webhooks", headers=auth(key)).json["items"] == []
+
+
+def test_delivery_refuses_a_private_address_at_connect_time(receiver):
+    # As after DNS rebinding: the URL passed the check earlier, now it leads to loopback.
+    from media import webhooks
+
+    headers = webhooks.sign("whsec_" + "A" * 32, "msg_1", 1_700_000_000, "{}")
+    attempt = webhooks.send(receiver.url, "{}", headers, allow_private=False)
+    assert attempt.status_code is None and attempt.error.startswith("refused")
+    assert receiver.received == []
+    allowed = webhooks.send(receiver.url, "{}", headers, allow_private=True)
+    assert allowed.delivered and len(receiver.received) == 1
+
+
+def test_subscriptions_crud_and_isolation(make_stack):
+    stack = make_stack(queues=(), extra_env={"MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1"})
+    alice, bob = stack.create_key("alice"), stack.create_key("bob")
+    client = stack.client()
+    made = client.post("/api/v1/webhooks", headers=auth(alice),
+                       json={"url": "http://127.0.0.1:9/x", "events": ["asset.failed"]})
+    assert made.status_code == 201
+    assert set(made.json) == {"id", "url", "events", "created_at"}
+    bad = client.post("/api/v1/webhooks", headers=auth(alice),
+                      json={"url": "http://127.0.0.1:9/x", "events": ["asset.exploded"]})
+    assert bad.status_code == 422
+    assert client.get("/api/v1/webhooks", headers=auth(bob)).json["items"] == []
+    assert client.delete(f"/api/v1/webhooks/{made.json['id']}", headers=auth(bob)).status_code \
+        == 404
+    assert client.delete(f"/api/v1/webhooks/{made.json['id']}",
+                         headers=auth(alice)).status_code == 204
+    assert client.get("/api/v1/webhooks", headers=auth(alice)).json["items"] == []
+
+
+def read_events(client, key, asset_id, last_event_id=None) -> list[dict]:
+    """Read one SSE stream to its end; each event as {"id", "event", "data"}."""
+    headers = auth(key)
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    response = client.get(f"/api/v1/assets/{asset_id}/events", headers=headers, buffered=False)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    events, text = [], ""
+    for chunk in response.response:
+        text += chunk.decode() if isinstance(chunk, bytes) else chunk
+    response.close()
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line
+                      and not line.startswith(":"))
+        if "data" in fields:
+            events.append({"id": int(fields["id"]), "event": fields["event"],
+                           "data": json.loads(fields["data"])})
+    return events
+
+
+def test_event_stream_replays_in_order_and_resumes(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata", "video"))
+    key = stack.create_key("alice")
+    client = stack.client()
+    asset_id = upload(client, key, corpus / "video/smpte-2997.mp4").json["id"]
+    live = read_events(client, key, asset_id)  # current state first, then to the end
+    assert live[-1]["data"]["status"] == "completed"
+    everything = read_events(client, key, asset_id, last_event_id=0)
+    ids = [e["id"] for e in everything]
+    assert ids == list(range(1, len(ids) + 1))  # every change, in order, none missing
+    statuses = [e["data"]["status"] for e in everything if e["event"] == "state"]
+    assert statuses[0] == "queued" and "processing" in statuses
+    assert statuses[-1] == "completed"
+    assert statuses.index("processing") < len(statuses) - 1
+    progress = [e["data"]["jobs"]["video"]["progress"] for e in everything
+                if e["event"] == "progress"]
+    assert progress and progress == sorted(progress) and 0 < progress[0] < 1
+    assert live == everything[-len(live):]
+    middle = ids[len(ids) // 2]
+    resumed = read_events(client, key, asset_id, last_event_id=middle)
+    assert [e["id"] for e in resumed] == ids[ids.index(middle) + 1:]

@@ -1,0 +1,100 @@
+"""Live status: `GET /api/v1/assets/{id}/events` as server-sent events.
+
+The stream replays recorded events (media/events.py) after the client's Last-Event-ID, or
+the current state first; Redis pub/sub only wakes it, so a lost notification delays an
+event by at most one heartbeat and never loses it. It ends after a final state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, g, request
+from redis import RedisError
+from sqlalchemy import select
+
+from media import assets
+from media.events import CHANNEL
+from media.records import Asset, AssetEvent
+from media.services import Services
+from web.auth import require_tenant
+from web.errors import Problem
+from web.extensions import services
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1/assets")
+HEARTBEAT = 15.0
+BATCH = 200
+
+
+@bp.get("/<asset_id>/events")
+@require_tenant
+def stream(asset_id: str):
+    """Server-sent events of one asset: `id` is its sequence number, `event` is `state` or
+    `progress`, `data` the asset JSON."""
+    s = services()
+    with s.db.session() as session:
+        asset = assets.get(session, g.tenant_id, asset_id)
+        if asset is None:
+            raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
+        current = asset.seq
+    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    after = int(last) if last and last.isdigit() else current - 1
+    return Response(_events(s, asset_id, after), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _events(s: Services, asset_id: str, after: int) -> Iterator[str]:
+    pubsub = _subscribe(s, asset_id)
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            rows, gone = _after(s, asset_id, after)
+            for row in rows:
+                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.data)}\n\n"
+                after = row.seq
+                if row.kind == "state" and row.data.get("status") in assets.FINAL:
+                    return
+            if gone:
+                return
+            if not rows and not _wait(pubsub, HEARTBEAT):
+                yield ": keep-alive\n\n"
+    finally:
+        if pubsub is not None:
+            pubsub.close()
+
+
+def _after(s: Services, asset_id: str, after: int) -> tuple[list[AssetEvent], bool]:
+    with s.db.session() as session:
+        rows = list(session.scalars(
+            select(AssetEvent).where(AssetEvent.asset_id == asset_id, AssetEvent.seq > after)
+            .order_by(AssetEvent.seq).limit(BATCH)
+        ))
+        asset = session.get(Asset, asset_id)
+        return rows, asset is None or asset.deleted_at is not None
+
+
+def _subscribe(s: Services, asset_id: str):
+    try:
+        pubsub = s.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(CHANNEL.format(asset_id))
+        return pubsub
+    except RedisError:
+        return None  # no wake-ups: the stream polls the database instead
+
+
+def _wait(pubsub, timeout: float) -> bool:
+    """True once a notification arrives, False after `timeout` (or at once, on a poll)."""
+    if pubsub is None:
+        time.sleep(2.0)
+        return True
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if pubsub.get_message(timeout=left) is not None:
+                return True
+    except RedisError:
+        time.sleep(2.0)
+        return True
+    return False
