@@ -194,7 +194,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine: Engine | None = None
+        self._engines: dict[bool, Engine] = {}
         self._pid = 0
 
     @property
@@ -203,12 +203,18 @@ class Database:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None or self._pid != os.getpid():
-            self._engine = self._connect()
-            self._pid = os.getpid()
-        return self._engine
+        return self._engine(read_only=False)
 
-    def _connect(self) -> Engine:
+    def _engine(self, read_only: bool) -> Engine:
+        if self._pid != os.getpid():
+            self._engines, self._pid = {}, os.getpid()
+        if not self.is_sqlite:
+            read_only = False  # one pool serves both on PostgreSQL
+        if read_only not in self._engines:
+            self._engines[read_only] = self._connect(read_only)
+        return self._engines[read_only]
+
+    def _connect(self, read_only: bool) -> Engine:
         if not self.is_sqlite:
             return create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
         database = make_url(self.url).database
@@ -216,16 +222,19 @@ class Database:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
-        # Take the write lock when a transaction begins, so two processes that read and
-        # then write wait for each other instead of failing with "database is locked".
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # Writers take the write lock when a transaction begins, so two processes that read
+        # and then write wait for each other instead of failing with "database is locked";
+        # readers begin deferred and, with WAL, never wait for a writer.
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, read_only: bool = False) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error; actions
-        queued with `after_commit` run once the commit has succeeded."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        queued with `after_commit` run once the commit has succeeded. A `read_only` session
+        must not write (on SQLite it does not take the write lock)."""
+        with Session(self._engine(read_only), expire_on_commit=False) as session:
             with session.begin():
                 yield session
             for action in session.info.pop("after_commit", []):
@@ -267,9 +276,9 @@ class Database:
                 conn.commit()
 
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines = {}
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:

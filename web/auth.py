@@ -19,7 +19,7 @@ def require_tenant(view):
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         tenant = None
         if scheme.lower() == "bearer" and key.strip():
-            with services().db.session() as session:
+            with services().db.session(read_only=True) as session:
                 tenant = tenant_for_key(session, key.strip())
         if tenant is None:
             raise Problem(401, "Unauthorized", "Send a valid API key as 'Authorization: Bearer "

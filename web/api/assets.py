@@ -67,7 +67,7 @@ def create():
 @require_tenant
 def show(asset_id: str):
     """One asset of the caller's tenant; another tenant's id is 404."""
-    with services().db.session() as session:
+    with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id)))
 
 
@@ -82,7 +82,7 @@ def index():
     if not limit.isdigit() or not 1 <= int(limit) <= 200:
         raise Problem(400, "Bad limit", "limit must be a whole number from 1 to 200.")
     try:
-        with services().db.session() as session:
+        with services().db.session(read_only=True) as session:
             items, cursor = assets.page(session, g.tenant_id, status, int(limit),
                                         request.args.get("cursor") or None)
             return jsonify({"items": [_json(a) for a in items], "next_cursor": cursor})
@@ -110,7 +110,7 @@ def reprocess(asset_id: str):
         asset = _get_or_404(session, asset_id)
         jobs = assets.reprocess(session, asset, services().outbox)
     _send(lambda: enqueue(celery(), jobs))
-    with services().db.session() as session:
+    with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
 
 
@@ -155,7 +155,7 @@ def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
         services().storage.delete_prefix(f"assets/{asset_id}")
         return _replay(_idempotent_record(idempotency_key), upload.sha256)
     _send(lambda: enqueue(celery(), jobs))
-    with services().db.session() as session:
+    with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
 
 

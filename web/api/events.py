@@ -34,7 +34,7 @@ def stream(asset_id: str):
     """Server-sent events of one asset: `id` is its sequence number, `event` is `state` or
     `progress`, `data` the asset JSON."""
     s = services()
-    with s.db.session() as session:
+    with s.db.session(read_only=True) as session:
         asset = assets.get(session, g.tenant_id, asset_id)
         if asset is None:
             raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
@@ -66,7 +66,7 @@ def _events(s: Services, asset_id: str, after: int) -> Iterator[str]:
 
 
 def _after(s: Services, asset_id: str, after: int) -> tuple[list[AssetEvent], bool]:
-    with s.db.session() as session:
+    with s.db.session(read_only=True) as session:
         rows = list(session.scalars(
             select(AssetEvent).where(AssetEvent.asset_id == asset_id, AssetEvent.seq > after)
             .order_by(AssetEvent.seq).limit(BATCH)

@@ -40,7 +40,7 @@ def create():
 @require_tenant
 def index():
     """The tenant's subscriptions."""
-    with services().db.session() as session:
+    with services().db.session(read_only=True) as session:
         hooks = session.scalars(select(Webhook).where(Webhook.tenant_id == g.tenant_id)
                                 .order_by(Webhook.created_at))
         return jsonify({"items": [_json(h) for h in hooks]})
@@ -65,7 +65,7 @@ def log():
     query = select(Delivery).where(Delivery.tenant_id == g.tenant_id)
     if asset_id := request.args.get("asset_id"):
         query = query.where(Delivery.asset_id == asset_id)
-    with services().db.session() as session:
+    with services().db.session(read_only=True) as session:
         rows = session.scalars(query.order_by(Delivery.created_at.desc()).limit(200))
         return jsonify({"items": [deliveries.to_json(d) for d in rows]})
 
