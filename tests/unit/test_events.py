@@ -1,0 +1,134 @@
+"""The outbox and delivery log on a real SQLite database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from media import assets, deliveries
+from media.events import Outbox
+from media.keys import create_api_key, tenant_for_key
+from media.records import AssetEvent, Database, Delivery, Job, Webhook, utcnow
+from media.webhooks import Attempt
+
+
+@pytest.fixture
+def world(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.upgrade()
+    sent, published = [], []
+    outbox = Outbox(render=lambda a: {"id": a.id, "status": a.status},
+                    publish=lambda asset_id, seq: published.append(seq),
+                    send=lambda ids: sent.extend(ids))
+    with db.session() as session:
+        key = create_api_key(session, "alice")["api_key"]
+    with db.session() as session:
+        tenant = tenant_for_key(session, key)
+        session.add(Webhook(tenant_id=tenant.id, url="https://example.com/a",
+                            events=["asset.completed"]))
+        upload = assets.Upload("b" * 32, "image", "image/jpeg", "a.jpg", 10, "0" * 64)
+        assets.create(session, tenant.id, upload, "https://example.com/own", outbox)
+    return db, outbox, sent, published
+
+
+def run_all(db, outbox) -> None:
+    with db.session() as session:
+        job_ids = [j.id for j in session.scalars(select(Job))]
+    for job_id in job_ids:
+        with db.session() as session:
+            assets.start_job(session, job_id, "w", f"t-{job_id}", outbox=outbox)
+        with db.session() as session:
+            assets.complete_job(session, job_id, [], None, outbox)
+
+
+def events(db, event_type=None) -> list[AssetEvent]:
+    with db.session() as session:
+        query = select(AssetEvent).order_by(AssetEvent.seq)
+        if event_type:
+            query = query.where(AssetEvent.type == event_type)
+        return list(session.scalars(query))
+
+
+def test_each_change_is_one_event_in_order_and_published_after_commit(world):
+    db, outbox, sent, published = world
+    run_all(db, outbox)
+    recorded = events(db)
+    assert [e.seq for e in recorded] == list(range(1, len(recorded) + 1))
+    assert published == [e.seq for e in recorded]
+    assert [e.data["status"] for e in recorded][0] == "queued"
+    assert recorded[-1].type == "asset.completed" and recorded[-1].data["status"] == "completed"
+    types = [e.type for e in recorded if e.type]
+    assert sorted(types) == ["asset.completed", "asset.metadata.completed",
+                             "asset.thumbnails.completed"]
+    # The subscription wants only asset.completed; the upload's own URL gets every type.
+    with db.session() as session:
+        rows = list(session.scalars(select(Delivery)))
+    assert sorted(d.url for d in rows if d.event_type == "asset.completed") == [
+        "https://example.com/a", "https://example.com/own"]
+    assert len(rows) == 4 and sorted(sent) == sorted(d.id for d in rows)
+    assert len({d.message_id for d in rows if d.event_type == "asset.completed"}) == 1
+
+
+def test_a_rolled_back_change_leaves_no_event_and_sends_nothing(world):
+    db, outbox, sent, published = world
+    before = len(events(db))
+    with db.session() as session:
+        job_id = session.scalars(select(Job)).first().id
+    with pytest.raises(RuntimeError), db.session() as session:
+        assets.start_job(session, job_id, "w", "t", outbox=outbox)
+        raise RuntimeError("crash before commit")
+    assert len(events(db)) == before and len(published) == before and sent == []
+
+
+def test_reprocess_makes_new_events(world):
+    db, outbox, *_ = world
+    run_all(db, outbox)
+    with db.session() as session:
+        assets.reprocess(session, assets.get(session, session.scalars(
+            select(Job)).first().asset.tenant_id, "b" * 32), outbox)
+    run_all(db, outbox)
+    assert len(events(db, "asset.completed")) == 2
+
+
+def test_attempts_are_logged_retried_and_given_up(world):
+    db, outbox, *_ = world
+    run_all(db, outbox)
+    with db.session() as session:
+        delivery_id = session.scalars(select(Delivery.id)).first()
+    schedule = (1, 1)
+    for n in range(3):
+        with db.session() as session:
+            session.get(Delivery, delivery_id).next_attempt_at = utcnow() - timedelta(1)
+        with db.session() as session:
+            assert deliveries.claim(session, delivery_id) is not None
+        with db.session() as session:  # claimed: a duplicate message gets nothing
+            assert deliveries.claim(session, delivery_id) is None
+        with db.session() as session:
+            done = deliveries.record(session, delivery_id,
+                                     Attempt("t", 500, 3, "HTTP 500", "oops"), schedule)
+            status, next_at = done.status, done.next_attempt_at
+        assert (status, next_at is None) == (("pending", False) if n < 2 else ("failed", True))
+    with db.session() as session:
+        logged = deliveries.to_json(session.get(Delivery, delivery_id))
+    assert [a["status_code"] for a in logged["attempts"]] == [500, 500, 500]
+    with db.session() as session:
+        deliveries.redeliver(session, session.get(Delivery, delivery_id))
+    with db.session() as session:
+        assert deliveries.claim(session, delivery_id) is not None
+        done = deliveries.record(session, delivery_id, Attempt("t", 204, 2, None), schedule)
+        assert done.status == "delivered" and done.next_attempt_at is None
+
+
+def test_due_hands_out_each_delivery_once_per_dispatch_window(world):
+    db, outbox, *_ = world
+    run_all(db, outbox)
+    with db.session() as session:
+        assert deliveries.due(session, 100) == []  # just dispatched by the outbox
+        for row in session.scalars(select(Delivery)):
+            row.dispatched_at = utcnow() - timedelta(minutes=5)
+    with db.session() as session:
+        assert len(deliveries.due(session, 100)) == 4
+    with db.session() as session:
+        assert deliveries.due(session, 100) == []
