@@ -23,6 +23,7 @@ from media.storage import Storage
 JOB_KINDS = {"image": ("metadata", "thumbnails"), "video": ("metadata", "thumbnails", "video")}
 FINAL = ("completed", "failed")
 IDEMPOTENCY_TTL = timedelta(hours=24)
+HEARTBEAT_STALE = timedelta(minutes=2)  # no heartbeat for this long: its worker is gone
 
 
 @dataclass(frozen=True)
@@ -102,20 +103,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def start_job(session: Session, job_id: str, worker: str, task_id: str,
-              lease: timedelta = timedelta(hours=4), outbox: Outbox | None = None) -> Job | None:
+              stale: timedelta = HEARTBEAT_STALE, outbox: Outbox | None = None) -> Job | None:
     """Mark a job processing and return it, or None when there is nothing to do: done,
-    failed for good, asset deleted, or running under another task id within its lease (a
-    duplicate message). The same task id redelivered after a crash starts it again."""
+    failed for good, asset deleted, or held by another live run (its heartbeat is fresh).
+    The same task redelivered after its worker died starts it again."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.status in FINAL:
         return None
-    if (job.status == "processing" and job.task_id != task_id and job.started_at
-            and _aware(job.started_at) > utcnow() - lease):
+    beat = job.heartbeat_at or job.started_at
+    if (job.status == "processing" and job.task_id != task_id and beat
+            and _aware(beat) > utcnow() - stale):
         return None
     asset = session.get(Asset, job.asset_id, with_for_update=True)
     if asset is None or asset.deleted_at is not None:
         return None
-    job.status, job.worker, job.task_id, job.started_at = "processing", worker, task_id, utcnow()
+    job.status, job.worker, job.task_id = "processing", worker, task_id
+    job.started_at = job.heartbeat_at = utcnow()
     job.attempts += 1
     if asset.status == "queued":
         asset.status = "processing"
@@ -123,6 +126,25 @@ def start_job(session: Session, job_id: str, worker: str, task_id: str,
     if outbox:
         outbox.state(session, asset)
     return job
+
+
+def beat(session: Session, job_id: str, task_id: str) -> None:
+    """Record that the run `task_id` of a job is alive."""
+    session.execute(update(Job).where(Job.id == job_id, Job.task_id == task_id,
+                                      Job.status == "processing").values(heartbeat_at=utcnow()))
+
+
+def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:
+    """Jobs whose run stopped beating (its worker was killed): put back in the queue."""
+    jobs = list(session.scalars(
+        select(Job).join(Asset)
+        .where(Job.status == "processing", Job.heartbeat_at < utcnow() - stale,
+               Asset.deleted_at.is_(None))
+        .order_by(Job.heartbeat_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+    for job in jobs:
+        job.status, job.queued_at = "queued", utcnow()
+    return jobs
 
 
 def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Job]:

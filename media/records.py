@@ -117,6 +117,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
     task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

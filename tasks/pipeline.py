@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
 
 from media import assets
 from media.errors import MediaError, TransientError
@@ -84,11 +87,12 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
     services: Services = task.app.services
     with services.db.session() as session:
         job = assets.start_job(session, job_id, task.request.hostname or "eager",
-                               task.request.id or "eager", outbox=services.outbox)
+                               task.request.id or "eager", _stale(services), services.outbox)
         if job is None:
             return "skipped"
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
-    with tempfile.TemporaryDirectory(prefix="mediamill-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="mediamill-") as tmp,
+          Heartbeat(services, job_id, task.request.id or "eager")):
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
         try:
@@ -111,6 +115,36 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         services.storage.delete_prefix(f"assets/{asset_id}")
         return "discarded"
     return "completed"
+
+
+class Heartbeat(threading.Thread):
+    """Marks the job alive six times per MEDIAMILL_JOB_STALE_SECONDS while it runs, so
+    beat's sweep can tell a long transcode from one whose worker was killed."""
+
+    def __init__(self, services: Services, job_id: str, task_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.services, self.job_id, self.task_id = services, job_id, task_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        every = _stale(self.services).total_seconds() / 6
+        while not self.stopped.wait(every):
+            try:
+                with self.services.db.session() as session:
+                    assets.beat(session, self.job_id, self.task_id)
+            except SQLAlchemyError:  # a missed beat is retried next time; never kill the job
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+
+
+def _stale(services: Services) -> timedelta:
+    return timedelta(seconds=services.settings.job_stale_seconds)
 
 
 def _store(services: Services, asset_id: str, name: str, path: Path, content_type: str,

@@ -24,11 +24,14 @@ def purge(self, asset_id: str) -> int:
 
 @shared_task(name="upkeep.sweep", bind=True)
 def sweep(self) -> dict:
-    """Re-send jobs left queued (the broker was down when they were accepted) and purge
-    deleted assets whose purge message was lost. Bounded per run; safe to run twice."""
+    """Re-send jobs left queued (the broker was down when they were accepted) or whose run
+    stopped beating (its worker was killed), and purge deleted assets whose purge message
+    was lost. Bounded per run; safe to run twice."""
     services = self.app.services
     with services.db.session() as session:
         jobs = assets.stale_queued(session, STALE_QUEUED, SEND_BATCH)
+        stale = timedelta(seconds=services.settings.job_stale_seconds)
+        jobs += assets.stale_running(session, stale, SEND_BATCH)
     enqueue(self.app, jobs)
     return {"resent": len(jobs), "purged": _purge_deleted(services)}
 

@@ -147,6 +147,14 @@ class Stack:
     app: object
     workers: dict
     tmp: Path
+    started: list
+
+    def start_worker(self, queue: str) -> subprocess.Popen:
+        """(Re)start the worker of `queue`; stopped with the rest at the end of the test."""
+        proc = start_worker(self.env, queue, self.tmp)
+        self.workers[queue] = proc
+        self.started.append(proc)
+        return proc
 
     def client(self):
         return self.app.test_client()
@@ -249,7 +257,7 @@ def make_stack(tmp_path, redis_server, request):
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True))
         wait_workers_ready(env, queues)
-        return Stack(env, settings, app, workers, tmp)
+        return Stack(env, settings, app, workers, tmp, started)
 
     yield make
     for proc in started:

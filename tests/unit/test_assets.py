@@ -76,7 +76,7 @@ def test_one_failure_fails_the_asset_for_good(db, asset_id):
         assert assets.start_job(session, ids["video"], "w", "t") is None
 
 
-def test_a_job_runs_under_one_task_id_within_its_lease(db, asset_id):
+def test_a_job_runs_under_one_task_id_while_it_beats(db, asset_id):
     job_id = jobs(db, asset_id)["video"].id
     with db.session() as session:
         assert assets.start_job(session, job_id, "video@a", "task-1") is not None
@@ -84,9 +84,9 @@ def test_a_job_runs_under_one_task_id_within_its_lease(db, asset_id):
         assert assets.start_job(session, job_id, "video@b", "task-2") is None
     with db.session() as session:  # the same message redelivered after a crash restarts
         assert assets.start_job(session, job_id, "video@b", "task-1") is not None
-    with db.session() as session:  # past the lease, anyone may take it over
+    with db.session() as session:  # no heartbeat for too long: anyone may take it over
         assert assets.start_job(session, job_id, "video@c", "task-3",
-                                lease=timedelta(0)) is not None
+                                stale=timedelta(0)) is not None
     job = jobs(db, asset_id)["video"]
     assert (job.worker, job.task_id, job.attempts) == ("video@c", "task-3", 3)
 
@@ -136,3 +136,22 @@ def test_stale_queued_jobs_are_resent_once(db, asset_id):
 def test_cursor_round_trips_and_rejects_garbage():
     with pytest.raises(ValueError):
         assets.decode_cursor("not-a-cursor")
+
+
+def test_a_run_that_stopped_beating_goes_back_to_the_queue(db, asset_id):
+    job_id = jobs(db, asset_id)["video"].id
+    with db.session() as session:
+        assets.start_job(session, job_id, "video@a", "task-1")
+    with db.session() as session:
+        assert assets.stale_running(session, timedelta(minutes=2), 10) == []
+        assets.beat(session, job_id, "task-1")
+    with db.session() as session:
+        session.get(Job, job_id).heartbeat_at -= timedelta(minutes=3)
+    with db.session() as session:
+        assert [j.id for j in assets.stale_running(session, timedelta(minutes=2), 10)] == [
+            job_id]
+    assert jobs(db, asset_id)["video"].status == "queued"
+    with db.session() as session:  # a new message takes it; the dead run's would not
+        assert assets.start_job(session, job_id, "video@b", "task-2") is not None
+    with db.session() as session:
+        assert assets.start_job(session, job_id, "video@c", "task-1") is None
