@@ -46,6 +46,7 @@ class Settings:
     instance_dir: Path = Path("instance")
     # Not in the contract's table: tuning knobs with safe defaults.
     max_image_pixels: int = 100_000_000
+    job_stale_seconds: int = 120  # a running job silent this long is taken as dead
     signed_url_ttl: int = 3600
 
     @classmethod
@@ -78,6 +79,7 @@ class Settings:
         take("MEDIAMILL_WEBHOOK_RETRY_SCHEDULE", "webhook_retry_schedule", _schedule)
         take("PORT", "port", _port)
         take("MEDIAMILL_MAX_IMAGE_PIXELS", "max_image_pixels", _positive_int)
+        take("MEDIAMILL_JOB_STALE_SECONDS", "job_stale_seconds", _positive_int)
         if errors:
             raise ConfigError("; ".join(errors))
         return cls(**values)
