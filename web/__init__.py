@@ -16,8 +16,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         settings = load()
     from tasks import make_celery
-    from web import cli, errors, files, health, site
-    from web.api import assets, events, webhooks
+    from web import cli, errors, files, health, metrics, site
+    from web.api import assets, events, uploads, webhooks
 
     app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
     app.config.update(SECRET_KEY=settings.secret_key, MAX_FORM_MEMORY_SIZE=64 * 1024,
@@ -27,7 +27,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.db.upgrade()
     app.extensions["mediamill"] = services
     app.extensions["celery"] = celery_app
-    for blueprint in (assets.bp, events.bp, webhooks.bp, health.bp, files.bp, site.bp):
+    for blueprint in (assets.bp, events.bp, webhooks.bp, health.bp, metrics.bp, files.bp,
+                      site.bp, uploads.bp, uploads.parts_bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     cli.register(app)

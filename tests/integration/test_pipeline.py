@@ -14,7 +14,8 @@ from PIL import Image
 from sqlalchemy import select
 
 from media.records import Job
-from tests.helpers import fetch, upload, wait_final
+from tests.conftest import wait_for
+from tests.helpers import auth, fetch, upload, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +203,30 @@ def test_rabbitmq_broker_runs_the_pipeline(make_stack, amqp_url, corpus):
            for path in ("images/camera/jolla.jpg", "video/example.mp4")]
     for asset_id in ids:
         assert wait_final(client, key, asset_id)["status"] == "completed"
+
+
+def test_metrics_reflect_queues_jobs_and_uploads(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata"))
+    client, key = stack.client(), stack.create_key("alice")
+    path = corpus / "images/camera/DSCN0010.jpg"
+    image = upload(client, key, path).json["id"]
+    video = upload(client, key, corpus / "video/example.mp4").json["id"]  # no video pool
+    assert wait_final(client, key, image)["status"] == "completed"
+
+    def video_waits_for_its_pool():
+        jobs = client.get(f"/api/v1/assets/{video}", headers=auth(key)).json["jobs"]
+        return jobs["metadata"]["status"] == jobs["thumbnails"]["status"] == "completed"
+
+    wait_for(video_waits_for_its_pool, timeout=60, what="the video's other jobs")
+    scrape = client.get("/metrics")  # no key needed
+    assert scrape.status_code == 200 and scrape.mimetype == "text/plain"
+    text = scrape.data.decode()
+    lines = set(text.splitlines())
+    assert "mediamill_broker_up 1.0" in lines
+    assert 'mediamill_queue_depth{queue="video"} 1.0' in lines  # waiting: no video worker
+    assert 'mediamill_jobs_total{kind="thumbnails",status="completed"} 2.0' in lines
+    assert 'mediamill_jobs_total{kind="video",status="queued"} 1.0' in lines
+    assert "mediamill_uploads_total 2.0" in lines
+    size = path.stat().st_size + (corpus / "video/example.mp4").stat().st_size
+    assert f"mediamill_upload_bytes_total {float(size)}" in lines
+    assert 'mediamill_job_seconds_total{kind="metadata",status="completed"}' in text

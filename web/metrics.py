@@ -1,0 +1,105 @@
+"""GET /metrics: Prometheus text, read at scrape time from the database and the broker.
+
+The worker pools run on other machines, so per-process counters would each see a slice;
+the records and queues are the one place that sees the whole deployment. Every figure is
+an aggregate query or a queue length, cheap enough for a 15 s scrape.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from kombu import Connection
+from kombu.exceptions import ChannelError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+
+from config.celery import QUEUES
+from media.records import Asset, Delivery, Job
+from media.services import Services
+from web.extensions import services
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus exposition of queues, jobs, webhook deliveries and uploads."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(services()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class Collector:
+    """Builds every metric family from one read-only transaction and one broker visit."""
+
+    def __init__(self, s: Services) -> None:
+        self.s = s
+
+    def collect(self):
+        yield from self._queues()
+        with self.s.db.session(read_only=True) as session:
+            yield from self._jobs(session)
+            yield self._deliveries(session)
+            yield from self._uploads(session)
+
+    def _queues(self):
+        depth = GaugeMetricFamily("mediamill_queue_depth", "Messages waiting per queue",
+                                  labels=["queue"])
+        up = 1
+        try:
+            with Connection(self.s.settings.broker_url, connect_timeout=2) as conn:
+                for queue in QUEUES:
+                    depth.add_metric([queue], _depth(conn, queue))
+        except Exception:  # any broker failure: report it down rather than fail the scrape
+            up = 0
+        yield GaugeMetricFamily("mediamill_broker_up", "1 if the broker answered", value=up)
+        yield depth
+
+    def _jobs(self, session):
+        counts = CounterMetricFamily("mediamill_jobs", "Jobs by queue and outcome",
+                                     labels=["kind", "status"])
+        seconds = CounterMetricFamily("mediamill_job_seconds",
+                                      "Time spent in finished jobs", labels=["kind", "status"])
+        rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(
+            Job.kind, Job.status))
+        for kind, status, count in rows:
+            counts.add_metric([kind, status], count)
+        if self.s.db.is_sqlite:
+            took = (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400
+        else:
+            took = func.extract("epoch", Job.finished_at - Job.started_at)
+        rows = session.execute(
+            select(Job.kind, Job.status, func.sum(took))
+            .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+            .group_by(Job.kind, Job.status)
+        )
+        for kind, status, total in rows:
+            seconds.add_metric([kind, status], float(total or 0))
+        yield counts
+        yield seconds
+
+    def _deliveries(self, session) -> CounterMetricFamily:
+        family = CounterMetricFamily("mediamill_webhook_deliveries",
+                                     "Webhook deliveries by outcome", labels=["status"])
+        for status, count in session.execute(
+                select(Delivery.status, func.count()).group_by(Delivery.status)):
+            family.add_metric([status], count)
+        return family
+
+    def _uploads(self, session):
+        count, size = session.execute(select(func.count(), func.coalesce(func.sum(Asset.size), 0))
+                                      ).one()
+        yield CounterMetricFamily("mediamill_uploads", "Assets uploaded (not yet purged)",
+                                  value=count)
+        yield CounterMetricFamily("mediamill_upload_bytes", "Bytes of those uploads",
+                                  value=int(size))
+
+
+def _depth(conn: Connection, queue: str) -> int:
+    """Messages in `queue`; a queue not declared yet (nothing sent) holds none."""
+    with conn.channel() as channel:
+        try:
+            return channel.queue_declare(queue, passive=True).message_count
+        except ChannelError:
+            return 0
