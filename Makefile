@@ -55,6 +55,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/upload.py
 
+dev: export MEDIAMILL_LOG_FORMAT ?= text
 dev: install
 	@$(BIN)/python -c 'import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' '$(REDIS_URL)' 2>/dev/null \
 		|| { echo "Starting redis-server on 127.0.0.1:6379"; mkdir -p instance; \

@@ -47,6 +47,7 @@ class Settings:
     # Not in the contract's table: tuning knobs with safe defaults.
     max_image_pixels: int = 100_000_000
     job_stale_seconds: int = 120  # a running job silent this long is taken as dead
+    log_format: str = "json"
     signed_url_ttl: int = 3600
 
     @classmethod
@@ -80,6 +81,7 @@ class Settings:
         take("PORT", "port", _port)
         take("MEDIAMILL_MAX_IMAGE_PIXELS", "max_image_pixels", _positive_int)
         take("MEDIAMILL_JOB_STALE_SECONDS", "job_stale_seconds", _positive_int)
+        take("MEDIAMILL_LOG_FORMAT", "log_format", _log_format)
         if errors:
             raise ConfigError("; ".join(errors))
         return cls(**values)
@@ -201,6 +203,12 @@ def _port(value: str) -> int:
     if port > 65535:
         raise ValueError("must be a port number (1-65535)")
     return port
+
+
+def _log_format(value: str) -> str:
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
 
 
 def _flag(value: str) -> bool:

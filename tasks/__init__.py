@@ -46,6 +46,15 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+@signals.setup_logging.connect
+def _logging(**_) -> None:
+    """Workers and beat log like the web process (connecting this stops Celery's own)."""
+    from config import load
+    from config.logging import configure
+
+    configure(load().log_format)
+
+
 @signals.worker_init.connect
 def _prepare_worker(sender=None, **_) -> None:
     """At worker boot: schema up to date, ffmpeg present, storage reachable."""

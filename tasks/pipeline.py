@@ -21,6 +21,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
+from config.logging import context as log_context
 from media import assets
 from media.errors import MediaError, TransientError
 from media.services import Services
@@ -85,12 +86,14 @@ def enqueue(app, jobs: Iterable) -> None:
 def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
     """Run `work` for a job. Idempotent: outputs go to fixed keys and replace a prior run."""
     services: Services = task.app.services
+    log_context.set({"job_id": job_id})
     with services.db.session() as session:
         job = assets.start_job(session, job_id, task.request.hostname or "eager",
                                task.request.id or "eager", _stale(services), services.outbox)
         if job is None:
             return "skipped"
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
+    log_context.set({"asset_id": asset_id, "job_id": job_id})
     with (tempfile.TemporaryDirectory(prefix="mediamill-") as tmp,
           Heartbeat(services, job_id, task.request.id or "eager")):
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"

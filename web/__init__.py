@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
+from config.logging import configure as configure_logging
 from config.settings import Settings
 
 
@@ -32,5 +31,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     errors.register(app)
     cli.register(app)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
     return app
