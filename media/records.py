@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -239,7 +240,7 @@ class Database:
             with session.begin():
                 yield session
             for action in session.info.pop("after_commit", []):
-                action()
+                _run_after_commit(action)
 
     def check(self) -> None:
         """Raise unless the database answers a query."""
@@ -280,6 +281,16 @@ class Database:
         for engine in self._engines.values():
             engine.dispose()
         self._engines = {}
+
+
+def _run_after_commit(action) -> None:
+    """Notifications after a commit are best effort: each has a database-backed fallback
+    (beat dispatches deliveries, streams poll), so one failing must not stop the others or
+    fail the work that was just committed."""
+    try:
+        action()
+    except Exception:  # broker or Redis down: logged, the fallback picks it up
+        logging.getLogger(__name__).warning("after-commit action failed", exc_info=True)
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
