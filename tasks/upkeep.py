@@ -12,7 +12,6 @@ from tasks.pipeline import enqueue
 
 PURGE_BATCH = 100
 SEND_BATCH = 500
-STALE_QUEUED = timedelta(minutes=5)
 
 
 @shared_task(name="upkeep.purge", bind=True, acks_late=True, autoretry_for=(OSError,),
@@ -28,9 +27,12 @@ def sweep(self) -> dict:
     stopped beating (its worker was killed), and purge deleted assets whose purge message
     was lost. Bounded per run; safe to run twice."""
     services = self.app.services
+    # A job silent for MEDIAMILL_JOB_STALE_SECONDS, queued but never started (its message
+    # never reached the broker) or running without a heartbeat, is sent again. A duplicate
+    # of a message still waiting in a backlog is harmless: start_job skips it.
+    stale = timedelta(seconds=services.settings.job_stale_seconds)
     with services.db.session() as session:
-        jobs = assets.stale_queued(session, STALE_QUEUED, SEND_BATCH)
-        stale = timedelta(seconds=services.settings.job_stale_seconds)
+        jobs = assets.stale_queued(session, stale, SEND_BATCH)
         jobs += assets.stale_running(session, stale, SEND_BATCH)
     enqueue(self.app, jobs)
     return {"resent": len(jobs), "purged": _purge_deleted(services)}
