@@ -59,3 +59,54 @@ def test_video_worker_killed_mid_transcode_loses_nothing(make_stack, corpus):
         assert got == Counter(ids)
     finally:
         receiver.stop()
+
+
+def small_jpeg(i: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (48, 32), (i * 7 % 256, 40, 90)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def start_redis(port: int, tmp) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    wait_for(lambda: redis.Redis(port=port).ping(), what="redis-server")
+    return proc
+
+
+def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path):
+    # A Redis of its own, stopped without saving: queued messages die with it.
+    from tests.conftest import free_port
+
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path)
+    try:
+        stack = make_stack(queues=("thumbnails", "metadata"), beat=True, extra_env={
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0", "MEDIAMILL_JOB_STALE_SECONDS": "5"})
+        key = stack.create_key("alice")
+        client = stack.client()
+        ids = []
+        for i in range(30):
+            if i == 10:
+                redis_proc.terminate()
+                redis_proc.wait()
+                down_at = time.monotonic()
+            if i == 20:
+                time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
+                redis_proc = start_redis(port, tmp_path)
+            answer = upload(client, key, data=small_jpeg(i), filename=f"{i}.jpg")
+            assert answer.status_code == 202, answer.data[:300]  # accepted, never a 500
+            ids.append(answer.json["id"])
+        for asset_id in ids:
+            assert wait_final(client, key, asset_id, timeout=180)["status"] == "completed"
+        assert all(proc.poll() is None for proc in stack.workers.values())
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait()
