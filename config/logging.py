@@ -42,9 +42,9 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
 
 
 def _task() -> dict:
-    from celery import current_task
+    from celery._state import get_current_task
 
-    task = current_task
+    task = get_current_task()  # None outside a task (web threads, beat)
     if task is None or not task.request.id:
         return {}
     return {"task_id": task.request.id, "task": task.name}
