@@ -191,6 +191,31 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class DirectUpload(Base):
+    """A direct-to-storage multipart upload (`POST /api/v1/uploads`) until it becomes an
+    asset; `storage_upload_id` is the store's own id (S3's UploadId)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    asset_id: Mapped[str] = mapped_column(String(32), default=new_id)
+    storage_upload_id: Mapped[str] = mapped_column(String(1024))
+    filename: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(255))  # as claimed; sniffed at complete
+    size: Mapped[int] = mapped_column(BigInteger)
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    part_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|completed|aborted
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def key(self) -> str:
+        return f"assets/{self.asset_id}/original"
+
+
 class Database:
     """An engine made lazily in each process (never shared across fork) and its sessions."""
 

@@ -16,7 +16,9 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlencode, urlsplit
@@ -25,6 +27,8 @@ from config.settings import Settings
 from media.errors import StorageUnavailable
 
 MiB = 1024 * 1024
+MAX_PARTS = 10_000
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
 
@@ -39,6 +43,27 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> int: ...
     def url(self, key: str, expires_in: int, filename: str | None = None) -> str: ...
     def check(self) -> None: ...
+    # Direct uploads: one multipart upload, its parts PUT by the client to presigned URLs.
+    def create_multipart(self, key: str, content_type: str) -> str: ...
+    def presign_part(self, key: str, upload_id: str, part_number: int,
+                     expires_in: int) -> str: ...
+    def list_parts(self, key: str, upload_id: str) -> list[StoredPart]: ...
+    def complete_multipart(self, key: str, upload_id: str,
+                           parts: list[tuple[int, str]]) -> None: ...
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """One part of a multipart upload that storage already holds."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
+class BadParts(ValueError):
+    """The parts named to complete an upload are missing or do not match what is stored."""
 
 
 def check_key(key: str) -> str:
@@ -121,6 +146,91 @@ class FileStorage:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise StorageUnavailable(f"storage directory {self.root} is not writable")
+
+    def create_multipart(self, key: str, content_type: str) -> str:
+        """Start a multipart upload to `key`; its parts wait in a private folder."""
+        check_key(key)
+        upload_id = uuid.uuid4().hex
+        self._parts_dir(upload_id).mkdir(parents=True)
+        return upload_id
+
+    def presign_part(self, key: str, upload_id: str, part_number: int,
+                     expires_in: int) -> str:
+        """A signed, expiring PUT link on this service for one part."""
+        check_key(key)
+        self._parts_dir(upload_id)
+        expires = int(time.time()) + expires_in
+        signature = sign(self.secret, _part_resource(upload_id, part_number), expires)
+        query = urlencode({"expires": expires, "signature": signature})
+        return f"/files/uploads/{upload_id}/{part_number}?{query}"
+
+    def verify_part(self, upload_id: str, part_number: int, expires: str,
+                    signature: str) -> bool:
+        """True when a part link is ours, unexpired, and its upload is still open."""
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        expected = sign(self.secret, _part_resource(upload_id, part_number), int(expires))
+        return (hmac.compare_digest(expected, signature)
+                and self._parts_dir(upload_id).is_dir())
+
+    def write_part(self, upload_id: str, part_number: int, stream: BinaryIO,
+                   limit: int) -> str:
+        """Store one part's bytes (at most `limit`, else ValueError); return its ETag.
+        Idempotent: a part sent again replaces the earlier one."""
+        folder = self._parts_dir(upload_id)
+        digest, size = hashlib.md5(usedforsecurity=False), 0
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := stream.read(MiB):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ValueError(f"part larger than {limit} bytes")
+                    digest.update(chunk)
+                    fh.write(chunk)
+            etag = f'"{digest.hexdigest()}"'
+            os.replace(tmp, folder / f"{part_number:05d}-{etag.strip(chr(34))}")
+            for old in folder.glob(f"{part_number:05d}-*"):
+                if old.name != f"{part_number:05d}-{etag.strip(chr(34))}":
+                    old.unlink(missing_ok=True)
+            return etag
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """The parts stored so far, by part number; FileNotFoundError if no such upload."""
+        folder = self._parts_dir(upload_id)
+        if not folder.is_dir():
+            raise FileNotFoundError(upload_id)
+        parts = []
+        for path in sorted(folder.glob("[0-9]*-*")):
+            number, _, md5 = path.name.partition("-")
+            parts.append(StoredPart(int(number), f'"{md5}"', path.stat().st_size))
+        return parts
+
+    def complete_multipart(self, key: str, upload_id: str,
+                           parts: list[tuple[int, str]]) -> None:
+        """Join the named parts, in order, into `key`; BadParts if any does not match."""
+        stored = {p.part_number: p for p in self.list_parts(key, upload_id)}
+        folder = self._parts_dir(upload_id)
+        _check_parts(parts, stored)
+        with self._atomic(key) as out:
+            for number, _etag in parts:
+                md5 = stored[number].etag.strip('"')
+                with open(folder / f"{number:05d}-{md5}", "rb") as src:
+                    shutil.copyfileobj(src, out, MiB)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an upload's parts; aborting a finished or unknown upload is not an error."""
+        shutil.rmtree(self._parts_dir(upload_id), ignore_errors=True)
+
+    def _parts_dir(self, upload_id: str) -> Path:
+        if not _UPLOAD_ID.match(upload_id):
+            raise ValueError(f"bad upload id: {upload_id!r}")
+        return self.root / ".multipart" / upload_id
 
     @contextlib.contextmanager
     def _atomic(self, key: str) -> Iterator[BinaryIO]:
@@ -238,6 +348,73 @@ class S3Storage:
         with _translated(self.bucket):
             self.client.head_bucket(Bucket=self.bucket)
 
+    def create_multipart(self, key: str, content_type: str) -> str:
+        """Start an S3 multipart upload to `key`; returns S3's UploadId."""
+        with _translated(key):
+            answer = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), ContentType=content_type)
+        return answer["UploadId"]
+
+    def presign_part(self, key: str, upload_id: str, part_number: int,
+                     expires_in: int) -> str:
+        """A presigned UploadPart URL: the client PUTs the part's bytes straight to S3."""
+        params = {"Bucket": self.bucket, "Key": self._key(key), "UploadId": upload_id,
+                  "PartNumber": part_number}
+        return self.client.generate_presigned_url("upload_part", Params=params,
+                                                  ExpiresIn=expires_in)
+
+    def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """The parts S3 holds so far; FileNotFoundError if the upload is gone."""
+        parts: list[StoredPart] = []
+        with _translated(key):
+            pages = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+            for page in pages:
+                parts += [StoredPart(p["PartNumber"], p["ETag"], p["Size"])
+                          for p in page.get("Parts", [])]
+        return parts
+
+    def complete_multipart(self, key: str, upload_id: str,
+                           parts: list[tuple[int, str]]) -> None:
+        """Join the named parts into `key`; BadParts if S3 refuses them."""
+        from botocore.exceptions import ClientError
+
+        body = {"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}
+        try:
+            with _translated(key):
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                    MultipartUpload=body)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML"):
+                raise BadParts(exc.response["Error"].get("Message") or code) from exc
+            raise
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort the upload and free its parts; an unknown upload is not an error."""
+        with contextlib.suppress(FileNotFoundError), _translated(key):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key),
+                                               UploadId=upload_id)
+
+    def set_cors(self, origins: list[str]) -> bool:
+        """Let browsers on `origins` PUT parts and read their ETag (the upload site).
+        Idempotent; False when the store has no bucket CORS API (it must be set there)."""
+        from botocore.exceptions import ClientError
+
+        rule = {"AllowedOrigins": origins, "AllowedMethods": ["GET", "PUT", "HEAD"],
+                "AllowedHeaders": ["*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 3600}
+        try:
+            with _translated(self.bucket):
+                self.client.put_bucket_cors(Bucket=self.bucket,
+                                            CORSConfiguration={"CORSRules": [rule]})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NotImplemented",
+                                                             "MethodNotAllowed"):
+                return False
+            raise
+        return True
+
     def ensure_bucket(self) -> bool:
         """Create the bucket if it is missing (local MinIO or moto); True if created."""
         try:
@@ -300,6 +477,20 @@ def _raise_for_errors(prefix: str, errors: list[dict]) -> None:
         )
 
 
+def _part_resource(upload_id: str, part_number: int) -> str:
+    return f"uploads/{upload_id}/{part_number}"
+
+
+def _check_parts(parts: list[tuple[int, str]], stored: dict[int, StoredPart]) -> None:
+    """The parts to join must be ascending, stored, and carry the stored ETags."""
+    numbers = [n for n, _ in parts]
+    if not parts or numbers != sorted(set(numbers)):
+        raise BadParts("parts must be listed once each, in ascending order")
+    for number, etag in parts:
+        if number not in stored or stored[number].etag.strip('"') != etag.strip('"'):
+            raise BadParts(f"part {number} is not stored with ETag {etag}")
+
+
 def content_disposition(filename: str) -> str:
     """An attachment Content-Disposition that carries any unicode name safely."""
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
@@ -336,7 +527,7 @@ def _translated(key: str) -> Iterator[None]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if error.get("Code") in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+        if error.get("Code") in ("NoSuchKey", "NoSuchBucket", "NoSuchUpload", "404", "NotFound"):
             raise FileNotFoundError(key) from exc
         if status >= 500 or error.get("Code") in ("SlowDown", "RequestTimeout", "Throttling"):
             raise StorageUnavailable(f"storage answered {error.get('Code')}") from exc

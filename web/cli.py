@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask
@@ -30,6 +31,21 @@ def register(app: Flask) -> None:
         if isinstance(s.storage, S3Storage):
             created = s.storage.ensure_bucket()
             click.echo(f"bucket {s.storage.bucket} {'created' if created else 'exists'}")
+            origins = _site_origins(s.settings.public_url)
+            if s.storage.set_cors(origins):
+                click.echo(f"bucket CORS lets {', '.join(origins)} PUT upload parts")
+            else:  # some S3-compatible stores have no bucket CORS API
+                click.echo("bucket CORS not supported here; allow PUT and expose ETag for the "
+                           "site's origin in the store's own settings", err=True)
         else:
             s.storage.check()
             click.echo("storage directory is ready")
+
+
+def _site_origins(public_url: str | None) -> list[str]:
+    """The site's origin when MEDIAMILL_PUBLIC_URL names it, else any: the presigned URL,
+    not the origin, is what authorises a part upload; CORS only lets the page read ETag."""
+    if not public_url:
+        return ["*"]
+    parts = urlsplit(public_url)
+    return [f"{parts.scheme}://{parts.netloc}"]

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import requests
 
-from media.storage import FileStorage, S3Storage, Storage, _transfer_config
+from media.storage import BadParts, FileStorage, S3Storage, Storage, _transfer_config
 
 SECRET = "contract-test-secret-0123456789"
 MiB = 1024 * 1024
@@ -289,6 +289,77 @@ def assert_sent_in_parts(storage: Storage, key: str) -> None:
 
 def test_check_passes(storage):
     storage.check()
+
+
+# --- direct uploads: multipart with presigned part URLs -------------------------------------
+
+
+def put_part(store, url: str, data: bytes) -> str:
+    """What a browser does with a part URL: PUT the bytes, keep the ETag. For FileStorage the
+    URL is served by the web app (web/api/uploads.py), which verifies it and writes the part."""
+    if isinstance(store, FileStorage):
+        parts = urlsplit(url)
+        _, _, upload_id, number = parts.path.strip("/").split("/")
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        assert store.verify_part(upload_id, int(number), query["expires"], query["signature"])
+        return store.write_part(upload_id, int(number), io.BytesIO(data), len(data))
+    response = requests.put(url, data=data, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["ETag"]
+
+
+def test_multipart_parts_listed_then_completed(storage):
+    key = "assets/m/original"
+    data = os.urandom(5 * MiB) + b"tail"
+    upload_id = storage.create_multipart(key, "application/octet-stream")
+    second = put_part(storage, storage.presign_part(key, upload_id, 2, 300), data[5 * MiB:])
+    assert not storage.exists(key)
+    first = put_part(storage, storage.presign_part(key, upload_id, 1, 300), data[:5 * MiB])
+
+    listed = storage.list_parts(key, upload_id)
+    assert [(p.part_number, p.size) for p in listed] == [(1, 5 * MiB), (2, 4)]
+    assert [p.etag.strip('"') for p in listed] == [first.strip('"'), second.strip('"')]
+    assert first.strip('"') == hashlib.md5(data[:5 * MiB]).hexdigest()
+
+    storage.complete_multipart(key, upload_id, [(1, first), (2, second)])
+    with storage.open(key) as stream:
+        assert stream.read() == data
+
+
+def test_multipart_part_sent_again_replaces_it(storage):
+    key = "assets/r/original"
+    upload_id = storage.create_multipart(key, "application/octet-stream")
+    url = storage.presign_part(key, upload_id, 1, 300)
+    put_part(storage, url, b"first try")
+    etag = put_part(storage, url, b"second")
+
+    assert [(p.part_number, p.size) for p in storage.list_parts(key, upload_id)] == [(1, 6)]
+    storage.complete_multipart(key, upload_id, [(1, etag)])
+    with storage.open(key) as stream:
+        assert stream.read() == b"second"
+
+
+def test_multipart_complete_with_a_wrong_etag_is_refused(storage):
+    key = "assets/w/original"
+    upload_id = storage.create_multipart(key, "application/octet-stream")
+    put_part(storage, storage.presign_part(key, upload_id, 1, 300), b"abc")
+
+    with pytest.raises(BadParts):
+        storage.complete_multipart(key, upload_id, [(1, '"' + "0" * 32 + '"')])
+    assert not storage.exists(key)
+
+
+def test_multipart_abort_frees_the_parts(storage):
+    key = "assets/a/original"
+    upload_id = storage.create_multipart(key, "application/octet-stream")
+    put_part(storage, storage.presign_part(key, upload_id, 1, 300), b"abc")
+
+    storage.abort_multipart(key, upload_id)
+    storage.abort_multipart(key, upload_id)  # again: not an error
+
+    with pytest.raises(FileNotFoundError):
+        storage.list_parts(key, upload_id)
+    assert not storage.exists(key)
 
 
 # --- local files: signed links -------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Direct uploads through the API: parts go straight to storage (moto_server, or the app
+itself for file://), then complete into an asset that is processed like any other."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.helpers import auth, wait_final
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+
+
+def put_part(client, url: str, data: bytes) -> requests.Response | object:
+    """PUT one part to its presigned URL: straight to S3, or to the app for file://."""
+    parts = urlsplit(url)
+    if parts.path.startswith("/files/uploads/"):
+        return client.put(f"{parts.path}?{parts.query}", data=data)
+    return requests.put(url, data=data, timeout=30)
+
+
+def etag_of(response) -> str:
+    return response.headers["ETag"]
+
+
+def padded_jpeg(corpus, size: int) -> bytes:
+    """A real JPEG followed by filler up to `size` bytes (decoders stop at the end marker)."""
+    head = (corpus / "images/orientation/Landscape_1.jpg").read_bytes()
+    return (head + bytes(range(256)) * ((size - len(head)) // 256 + 1))[:size]
+
+
+def upload_direct(client, key: str, data: bytes, filename: str, missing=()):
+    """Create, sign, PUT every part but `missing`; return (upload, etags by part number)."""
+    created = client.post("/api/v1/uploads", headers=auth(key), json={
+        "filename": filename, "content_type": "image/jpeg", "size": len(data)})
+    assert created.status_code == 201, created.json
+    upload = created.json
+    numbers = list(range(1, upload["part_count"] + 1))
+    urls = client.post(f"/api/v1/uploads/{upload['id']}/parts", headers=auth(key),
+                       json={"part_numbers": numbers}).json["urls"]
+    etags = {}
+    for n in numbers:
+        if n in missing:
+            continue
+        chunk = data[(n - 1) * upload["part_size"]:n * upload["part_size"]]
+        answer = put_part(client, urls[str(n)], chunk)
+        assert answer.status_code == 200, answer
+        etags[n] = etag_of(answer)
+    return upload, etags
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_direct_upload_resumes_and_completes(make_stack, s3_endpoint, corpus, storage):
+    stack = make_stack(None, storage, s3_endpoint if storage == "s3" else None,
+                       queues=("metadata", "thumbnails"))
+    client, key = stack.client(), stack.create_key("alice")
+    data = padded_jpeg(corpus, 17 * MiB + 5)
+    upload, etags = upload_direct(client, key, data, "Ünïcode photo.jpg", missing={2})
+    assert (upload["part_size"], upload["part_count"]) == (8 * MiB, 3)
+
+    # Resume: the stored parts are listed with their ETags and sizes; part 2 is missing.
+    listed = client.get(f"/api/v1/uploads/{upload['id']}", headers=auth(key)).json
+    assert [(p["part_number"], p["size"]) for p in listed["parts"]] == [(1, 8 * MiB),
+                                                                         (3, MiB + 5)]
+    assert {p["part_number"]: p["etag"].strip('"') for p in listed["parts"]} == {
+        n: e.strip('"') for n, e in etags.items()}
+    early = client.post(f"/api/v1/uploads/{upload['id']}/complete", headers=auth(key),
+                        json={"parts": [{"part_number": n, "etag": e} for n, e in etags.items()]})
+    assert early.status_code == 400, early.json
+
+    url = client.post(f"/api/v1/uploads/{upload['id']}/parts", headers=auth(key),
+                      json={"part_numbers": [2]}).json["urls"]["2"]
+    etags[2] = etag_of(put_part(client, url, data[8 * MiB:16 * MiB]))
+    parts = [{"part_number": n, "etag": etags[n]} for n in sorted(etags)]
+    done = client.post(f"/api/v1/uploads/{upload['id']}/complete", headers=auth(key),
+                       json={"parts": parts})
+    assert done.status_code == 202, done.json
+    asset = done.json
+    assert (asset["kind"], asset["content_type"], asset["filename"]) == (
+        "image", "image/jpeg", "Ünïcode photo.jpg")
+    assert asset["size"] == len(data)
+    assert asset["sha256"] == hashlib.sha256(data).hexdigest()
+    again = client.post(f"/api/v1/uploads/{upload['id']}/complete", headers=auth(key),
+                        json={"parts": parts})
+    assert (again.status_code, again.json["id"]) == (202, asset["id"])  # a retried complete
+
+    final = wait_final(client, key, asset["id"])
+    assert final["status"] == "completed", final["jobs"]
+    assert any(d["name"] == "thumb_256.webp" for d in final["derivatives"])
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_refused_oversize_abort_and_other_tenants(make_stack, s3_endpoint, corpus, storage):
+    stack = make_stack(None, storage, s3_endpoint if storage == "s3" else None, queues=(),
+                       extra_env={"MEDIAMILL_MAX_UPLOAD_BYTES": str(20 * MiB)})
+    client, key, other = stack.client(), stack.create_key("alice"), stack.create_key("bob")
+    too_big = client.post("/api/v1/uploads", headers=auth(key), json={
+        "filename": "huge.mp4", "content_type": "video/mp4", "size": 20 * MiB + 1})
+    assert too_big.status_code == 413
+    assert too_big.headers["Content-Type"] == "application/problem+json"
+
+    # Not media: refused at complete, and the object is gone from storage.
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    upload, etags = upload_direct(client, key, svg, "logo.jpg")
+    parts = [{"part_number": 1, "etag": etags[1]}]
+    refused = client.post(f"/api/v1/uploads/{upload['id']}/complete", headers=auth(key),
+                          json={"parts": parts})
+    assert refused.status_code == 415, refused.json
+    storage_ = stack.app.extensions["mediamill"].storage
+    assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
+    assert not any(storage_.exists(f"assets/{p}/original") for p in [upload["id"]])
+
+    # Another tenant's upload id answers 404 on every call; abort frees the parts.
+    upload, _ = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg", missing={2})
+    path = f"/api/v1/uploads/{upload['id']}"
+    assert client.get(path, headers=auth(other)).status_code == 404
+    assert client.post(f"{path}/parts", headers=auth(other),
+                       json={"part_numbers": [1]}).status_code == 404
+    assert client.delete(path, headers=auth(other)).status_code == 404
+    assert client.delete(path, headers=auth(key)).status_code == 204
+    assert client.get(path, headers=auth(key)).json["status"] == "aborted"
+    assert client.post(f"{path}/parts", headers=auth(key),
+                       json={"part_numbers": [1]}).status_code == 409
+
+
+def test_file_part_links_are_signed(make_stack, corpus):
+    stack = make_stack(None, "file", queues=())
+    client, key = stack.client(), stack.create_key("alice")
+    created = client.post("/api/v1/uploads", headers=auth(key), json={
+        "filename": "a.jpg", "content_type": "image/jpeg", "size": 1000}).json
+    url = client.post(f"/api/v1/uploads/{created['id']}/parts", headers=auth(key),
+                      json={"part_numbers": [1]}).json["urls"]["1"]
+    parts = urlsplit(url)
+    tampered = parts.query.replace("signature=", "signature=x")
+    assert client.put(f"{parts.path}?{tampered}", data=b"x").status_code == 403
+    other_part = parts.path.rsplit("/", 1)[0] + "/2"
+    assert client.put(f"{other_part}?{parts.query}", data=b"x").status_code == 403
+    assert client.put(f"{parts.path}?{parts.query}", data=b"x" * (8 * MiB + 1)).status_code == 413
+
+
+def test_moto_bucket_cors_lets_the_site_put_parts_and_read_etag(make_stack, s3_endpoint):
+    """What `flask --app web release` sets up: a preflight from the site's origin passes and
+    the ETag header is exposed to the page."""
+    stack = make_stack(None, "s3", s3_endpoint, queues=(),
+                       extra_env={"MEDIAMILL_PUBLIC_URL": "http://site.example:5000"})
+    result = stack.app.test_cli_runner().invoke(args=["release"])
+    assert result.exit_code == 0, result.output
+    assert "bucket CORS lets http://site.example:5000" in result.output
+    storage = stack.app.extensions["mediamill"].storage
+    url = storage.presign_part("assets/x/original", storage.create_multipart(
+        "assets/x/original", "application/octet-stream"), 1, 60)
+    origin = {"Origin": "http://site.example:5000"}
+    preflight = requests.options(url, timeout=10, headers={
+        **origin, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["Access-Control-Allow-Origin"] in ("http://site.example:5000", "*")
+    assert "PUT" in preflight.headers["Access-Control-Allow-Methods"]
+    put = requests.put(url, data=b"part", headers=origin, timeout=10)
+    assert put.status_code == 200
+    assert "etag" in put.headers.get("Access-Control-Expose-Headers", "").lower()

@@ -1,0 +1,253 @@
+"""Direct uploads: the client PUTs parts straight to storage, then completes into an asset.
+
+Each call maps onto one step of an S3 multipart upload (and of Uppy's `@uppy/aws-s3`
+multipart hooks): create, sign parts, list parts (resume), complete, abort. With `file://`
+storage the part links point at `PUT /files/uploads/...` on this service instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import select
+
+from media import assets
+from media.errors import UnsupportedMedia
+from media.records import DirectUpload, new_id, utcnow
+from media.sniff import SNIFF_BYTES, sniff
+from media.storage import MAX_PARTS, BadParts, FileStorage
+from tasks.pipeline import enqueue
+from web.api.assets import _json, _send, _too_large, _webhook_url
+from web.auth import require_tenant
+from web.errors import Problem
+from web.extensions import base_url, celery, services
+
+bp = Blueprint("uploads", __name__, url_prefix="/api/v1/uploads")
+parts_bp = Blueprint("upload_parts", __name__)
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 8 * MiB  # S3 needs >= 5 MiB; 8 MiB keeps requests few and retries cheap
+PART_URL_TTL = 3600
+SIGN_BATCH = 100
+
+
+def part_size_for(size: int) -> int:
+    """The part size for a file of `size` bytes: 8 MiB, or more (whole MiB) to stay within
+    S3's 10 000 parts. The site's uploader computes the same (static/upload.js)."""
+    return max(MIN_PART_SIZE, math.ceil(size / MAX_PARTS / MiB) * MiB)
+
+
+@bp.post("")
+@require_tenant
+def create():
+    """Start a multipart upload for a file of the given size: 201 with its part layout."""
+    body = _body()
+    filename, size = body.get("filename"), body.get("size")
+    content_type = body.get("content_type") or "application/octet-stream"
+    if not isinstance(filename, str) or not isinstance(content_type, str):
+        raise Problem(400, "Bad upload", "filename and content_type must be strings.")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise Problem(400, "Bad upload", "size must be the file's size in bytes (at least 1).")
+    limit = services().settings.max_upload_bytes
+    if size > limit:
+        raise _too_large(limit)
+    part_size = part_size_for(size)
+    upload = DirectUpload(id=new_id(), asset_id=new_id(), tenant_id=g.tenant_id,
+                          filename=filename[:1000], content_type=content_type[:255],
+                          size=size, part_size=part_size,
+                          part_count=math.ceil(size / part_size), storage_upload_id="")
+    upload.storage_upload_id = services().storage.create_multipart(upload.key, "application/"
+                                                                    "octet-stream")
+    with services().db.session() as session:
+        session.add(upload)
+    return jsonify(_upload_json(upload)), 201
+
+
+@bp.get("/<upload_id>")
+@require_tenant
+def show(upload_id: str):
+    """The upload and the parts storage already holds, to resume after an interruption."""
+    upload = _get_or_404(upload_id)
+    parts = [] if upload.status != "open" else services().storage.list_parts(
+        upload.key, upload.storage_upload_id)
+    return jsonify({**_upload_json(upload), "parts": [
+        {"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in parts]})
+
+
+@bp.post("/<upload_id>/parts")
+@require_tenant
+def sign_parts(upload_id: str):
+    """Presigned PUT URLs for the requested part numbers, signed now, valid for an hour."""
+    upload = _open_or_409(_get_or_404(upload_id))
+    numbers = _body().get("part_numbers")
+    if (not isinstance(numbers, list) or not 1 <= len(numbers) <= SIGN_BATCH
+            or not all(isinstance(n, int) and 1 <= n <= upload.part_count for n in numbers)):
+        raise Problem(400, "Bad part numbers", f"part_numbers must list 1 to {SIGN_BATCH} "
+                      f"part numbers from 1 to {upload.part_count}.")
+    storage = services().storage
+    urls = {str(n): _absolute(storage.presign_part(upload.key, upload.storage_upload_id, n,
+                                                   PART_URL_TTL)) for n in numbers}
+    return jsonify({"urls": urls, "expires_in": PART_URL_TTL})
+
+
+@bp.post("/<upload_id>/complete")
+@require_tenant
+def complete(upload_id: str):
+    """Join the parts, check the bytes (type, size, sha256) and record the asset: 202."""
+    upload = _get_or_404(upload_id)
+    if upload.status == "completed":  # a retried complete: the same asset again
+        return _asset_answer(upload.asset_id)
+    _open_or_409(upload)
+    body = _body()
+    parts = _parts(body.get("parts"))
+    webhook_url = _webhook_url(body.get("webhook_url"))
+    storage = services().storage
+    _check_sizes(upload, parts, storage.list_parts(upload.key, upload.storage_upload_id))
+    try:
+        storage.complete_multipart(upload.key, upload.storage_upload_id, parts)
+    except BadParts as exc:
+        raise Problem(400, "Bad parts", f"The parts do not match what was uploaded ({exc}); "
+                      "list them with GET /api/v1/uploads/{id} and send their ETags.") from None
+    try:
+        found, size, sha256 = _inspect(upload)
+    except BaseException:
+        storage.delete_prefix(f"assets/{upload.asset_id}")
+        _finish(upload.id, "aborted")
+        raise
+    stored = assets.Upload(upload.asset_id, found.kind, found.content_type, upload.filename,
+                           size, sha256)
+    with services().db.session() as session:
+        asset = assets.create(session, g.tenant_id, stored, webhook_url, services().outbox)
+        row = session.get(DirectUpload, upload.id, with_for_update=True)
+        row.status, row.completed_at = "completed", utcnow()
+        jobs = list(asset.jobs)
+    _send(lambda: enqueue(celery(), jobs))
+    return _asset_answer(upload.asset_id)
+
+
+@bp.delete("/<upload_id>")
+@require_tenant
+def abort(upload_id: str):
+    """Abort the upload and free its parts: 204 (again for an upload already aborted)."""
+    upload = _get_or_404(upload_id)
+    if upload.status == "completed":
+        raise Problem(409, "Upload completed", "This upload became an asset; delete the "
+                      f"asset {upload.asset_id} instead.")
+    services().storage.abort_multipart(upload.key, upload.storage_upload_id)
+    _finish(upload.id, "aborted")
+    return Response(status=204)
+
+
+@parts_bp.put("/files/uploads/<upload_id>/<int:part_number>")
+def put_part(upload_id: str, part_number: int):
+    """`file://` storage only: receive one part through a signed, expiring link."""
+    storage = services().storage
+    if not isinstance(storage, FileStorage):
+        raise Problem(404, "Not Found", "Parts go straight to the storage service.")
+    try:
+        ok = storage.verify_part(upload_id, part_number, request.args.get("expires", ""),
+                                 request.args.get("signature", ""))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise Problem(403, "Forbidden", "This part link is invalid or has expired; ask for "
+                      "a new one with POST /api/v1/uploads/{id}/parts.")
+    with services().db.session(read_only=True) as session:
+        part_size = session.scalar(select(DirectUpload.part_size).where(
+            DirectUpload.storage_upload_id == upload_id)) or MIN_PART_SIZE
+    try:
+        etag = storage.write_part(upload_id, part_number, request.stream, part_size)
+    except ValueError:
+        raise Problem(413, "Payload Too Large", f"A part is at most {part_size} bytes.") from None
+    return Response(status=200, headers={"ETag": etag})
+
+
+def _inspect(upload: DirectUpload):
+    """Stream the joined object once: sniff its first bytes, count and hash all of it."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    with services().storage.open(upload.key) as stream:
+        while chunk := stream.read(MiB):
+            if len(head) < SNIFF_BYTES:
+                head += chunk[:SNIFF_BYTES - len(head)]
+            digest.update(chunk)
+            size += len(chunk)
+    if not size:
+        raise Problem(400, "Empty file", "The uploaded file is empty.")
+    try:
+        return sniff(head), size, digest.hexdigest()
+    except UnsupportedMedia as exc:
+        raise Problem(415, "Unsupported Media Type", str(exc)) from None
+
+
+def _check_sizes(upload: DirectUpload, parts: list[tuple[int, str]], stored) -> None:
+    """The named parts must add up to the declared size, none above the part size."""
+    sizes = {p.part_number: p.size for p in stored}
+    if any(sizes.get(n, 0) > upload.part_size for n, _ in parts):
+        raise Problem(413, "Payload Too Large", f"A part is larger than {upload.part_size} "
+                      "bytes.")
+    total = sum(sizes.get(n, 0) for n, _ in parts)
+    if total != upload.size:
+        if total > upload.size:
+            raise _too_large(upload.size)
+        raise Problem(400, "Incomplete upload", f"The parts hold {total} of the {upload.size} "
+                      "bytes declared; upload the missing parts first.")
+
+
+def _parts(value) -> list[tuple[int, str]]:
+    try:
+        parts = [(int(p["part_number"]), str(p["etag"])) for p in value]
+    except (TypeError, KeyError, ValueError):
+        parts = []
+    if not parts:
+        raise Problem(400, "Bad parts", 'parts must be a list of {"part_number", "etag"}.')
+    return sorted(parts)
+
+
+def _upload_json(upload: DirectUpload) -> dict:
+    return {"id": upload.id, "filename": upload.filename, "size": upload.size,
+            "part_size": upload.part_size, "part_count": upload.part_count,
+            "status": upload.status}
+
+
+def _get_or_404(upload_id: str) -> DirectUpload:
+    with services().db.session(read_only=True) as session:
+        upload = session.scalar(select(DirectUpload).where(
+            DirectUpload.id == upload_id, DirectUpload.tenant_id == g.tenant_id))
+    if upload is None:
+        raise Problem(404, "Not Found", f"No upload {upload_id!r} for this API key.")
+    return upload
+
+
+def _open_or_409(upload: DirectUpload) -> DirectUpload:
+    if upload.status != "open":
+        raise Problem(409, "Upload closed", f"This upload is {upload.status}; start a new one.")
+    return upload
+
+
+def _finish(upload_id: str, status: str) -> None:
+    with services().db.session() as session:
+        row = session.get(DirectUpload, upload_id)
+        if row is not None and row.status == "open":
+            row.status, row.completed_at = status, utcnow()
+
+
+def _asset_answer(asset_id: str):
+    with services().db.session(read_only=True) as session:
+        asset = assets.get(session, g.tenant_id, asset_id)
+        if asset is None:
+            raise Problem(404, "Not Found", "The asset made from this upload has been deleted.")
+        return jsonify(_json(asset)), 202
+
+
+def _absolute(url: str) -> str:
+    return url if url.startswith(("http://", "https://")) else base_url() + url
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise Problem(400, "Bad request", "Send a JSON object (Content-Type: "
+                      "application/json).")
+    return body

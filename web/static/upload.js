@@ -1,0 +1,224 @@
+/* The upload page: Uppy's Dashboard (drop, pick, per-file and overall progress, cancel)
+   with @uppy/aws-s3 multipart hooks mapped one to one onto /api/v1/uploads, Golden
+   Retriever to resume after a reload, and a card per file that follows the asset's jobs
+   live once the upload is complete. Parts go straight to storage with presigned URLs. */
+(function () {
+  'use strict';
+  const mm = window.mediamill;
+  const { Uppy, Dashboard, AwsS3, GoldenRetriever } = window.Uppy;
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const root = document.getElementById('uploader');
+  const MiB = 1024 * 1024;
+  const MIN_PART = Number(root.dataset.minPartSize);
+  const SIGN_BATCH = 100;
+  const cards = new Map();        // Uppy file id -> card element
+  const signed = new Map();       // upload id -> {expires, urls: {partNumber: url}}
+
+  /* Same rule as web/api/uploads.py part_size_for: at least 8 MiB, at most 10 000 parts. */
+  const partSize = (size) => Math.max(MIN_PART, Math.ceil(size / 10000 / MiB) * MiB);
+
+  function fmtBytes(n) {
+    const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }  // as Uppy shows sizes
+    return (i === 0 ? n : n.toFixed(1)) + ' ' + units[i];
+  }
+
+  async function api(method, path, body, signal) {
+    const response = await fetch('/api/v1/uploads' + path, {
+      method, signal, credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json', 'X-CSRF-Token': csrf },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 204) return null;
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = new Error(readable(response.status, data));
+      error.status = response.status;
+      throw error;
+    }
+    return data;
+  }
+
+  function readable(status, problem) {
+    const detail = problem.detail || problem.title || ('The server answered ' + status + '.');
+    if (status === 413) {
+      const limit = /limit of (\d+) bytes/.exec(detail);
+      return limit ? 'Too large: the limit is ' + fmtBytes(Number(limit[1])) + ' per file.' : 'Too large. ' + detail;
+    }
+    if (status === 415) return 'Not a photo or video we can process. ' + detail;
+    if (status === 401) return 'Your session has ended; sign in again.';
+    return detail;
+  }
+
+  async function partUrl(uploadId, partNumber, partCount, signal) {
+    const cached = signed.get(uploadId);
+    if (cached && cached.urls[partNumber] && cached.expires > Date.now()) return cached.urls[partNumber];
+    const numbers = [];
+    for (let n = partNumber; n <= partCount && numbers.length < SIGN_BATCH; n += 1) numbers.push(n);
+    const answer = await api('POST', '/' + uploadId + '/parts', { part_numbers: numbers }, signal);
+    // Re-sign a minute early so a URL never expires in flight.
+    signed.set(uploadId, { urls: answer.urls, expires: Date.now() + (answer.expires_in - 60) * 1000 });
+    return answer.urls[partNumber];
+  }
+
+  const uppy = new Uppy({ id: 'mediamill', autoProceed: true, allowMultipleUploadBatches: true });
+  uppy.use(Dashboard, {
+    inline: true, target: root, width: '100%', height: 320, theme: 'light',
+    proudlyDisplayPoweredByUppy: false, showProgressDetails: true,
+    hideRetryButton: false, showRemoveButtonAfterComplete: false, doneButtonHandler: null,
+    note: 'Photos and videos, up to ' + fmtBytes(Number(root.dataset.maxUpload)) + ' each',
+  });
+  uppy.use(AwsS3, {
+    limit: 6,                              // parallel part requests
+    retryDelays: [0, 1000, 3000, 5000],    // each part is retried on its own
+    shouldUseMultipart: () => true,
+    getChunkSize: (file) => partSize(file.size),
+    async createMultipartUpload(file) {
+      const upload = await api('POST', '', { filename: file.name, content_type: file.type || '', size: file.size });
+      uppy.setFileMeta(file.id, { partCount: upload.part_count });
+      return { uploadId: upload.id, key: upload.id };
+    },
+    async listParts(file, { uploadId, signal }) {
+      const upload = await api('GET', '/' + uploadId, undefined, signal);
+      uppy.setFileMeta(file.id, { partCount: upload.part_count });
+      return upload.parts.map((p) => ({ PartNumber: p.part_number, ETag: p.etag, Size: p.size }));
+    },
+    async signPart(file, { uploadId, partNumber, signal }) {
+      const count = uppy.getFile(file.id).meta.partCount || Math.ceil(file.size / partSize(file.size));
+      return { method: 'PUT', url: await partUrl(uploadId, partNumber, count, signal) };
+    },
+    async completeMultipartUpload(file, { uploadId, parts, signal }) {
+      const body = { parts: parts.map((p) => ({ part_number: p.PartNumber, etag: p.ETag })) };
+      const asset = await api('POST', '/' + uploadId + '/complete', body, signal);
+      return { location: asset.original_url, asset };
+    },
+    async abortMultipartUpload(file, { uploadId }) {
+      signed.delete(uploadId);
+      await api('DELETE', '/' + uploadId);
+    },
+  });
+  uppy.use(GoldenRetriever, { indexedDB: { maxFileSize: 512 * MiB, maxTotalSize: 1024 * MiB } });
+
+  /* ---- cards ---- */
+  const list = document.getElementById('cards');
+  const template = document.getElementById('card-template');
+
+  function cardFor(file) {
+    if (cards.has(file.id)) return cards.get(file.id);
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.fileId = file.id;
+    card.querySelector('.name').textContent = file.name;
+    card.querySelector('.name').title = file.name;
+    card.querySelector('.size').textContent = fmtBytes(file.size || 0);
+    card.querySelector('.kind-icon').classList.add((file.type || '').startsWith('video/') ? 'video' : 'image');
+    card.querySelector('.bar').setAttribute('aria-label', 'Upload of ' + file.name);
+    card.querySelector('.cancel').addEventListener('click', () => {
+      setStatus(card, 'cancelled');
+      uppy.removeFile(file.id);
+    });
+    list.prepend(card);
+    cards.set(file.id, card);
+    return card;
+  }
+
+  function setStatus(card, status) {
+    card.dataset.status = status;
+    mm.badge(card.querySelector('.badge'), status);
+    card.querySelector('.cancel').hidden = status !== 'uploading';
+  }
+
+  function setUploadProgress(card, fraction) {
+    const pct = mm.setBar(card.querySelector('.bar'), fraction);
+    card.querySelector('.percent').textContent = pct + '%';
+  }
+
+  function showError(card, message) {
+    const el = card.querySelector('.error');
+    el.textContent = message;
+    el.hidden = false;
+  }
+
+  function follow(card, asset) {
+    const open = card.querySelector('.open');
+    open.href = '/assets/' + asset.id;
+    open.hidden = false;
+    card.querySelector('.thumb').href = open.href;
+    card.dataset.assetId = asset.id;
+    setUploadProgress(card, 1);
+    const update = (current) => {
+      setStatus(card, current.status);
+      mm.renderJobs(card.querySelector('.jobs'), current);
+      const url = mm.thumbnail(current, 256);
+      const thumb = card.querySelector('.thumb');
+      if (url && !thumb.querySelector('img')) {
+        const img = document.createElement('img');
+        img.alt = '';
+        img.src = url;
+        thumb.replaceChildren(img);
+      }
+      const failed = Object.values(current.jobs || {}).find((j) => j.error);
+      if (current.status === 'failed' && failed) showError(card, failed.error);
+    };
+    update(asset);
+    if (!mm.FINAL.includes(asset.status)) mm.watch(asset.id, update);
+  }
+
+  uppy.on('file-added', (file) => { setStatus(cardFor(file), 'uploading'); });
+  uppy.on('upload-progress', (file, progress) => {
+    if (!file || !progress.bytesTotal) return;
+    setUploadProgress(cardFor(file), progress.bytesUploaded / progress.bytesTotal);
+  });
+  uppy.on('upload-success', (file, response) => {
+    const card = cardFor(file);
+    if (response && response.body && response.body.asset) follow(card, response.body.asset);
+  });
+  uppy.on('upload-error', (file, error) => {
+    if (!file) return;
+    const card = cardFor(file);
+    setStatus(card, 'refused');
+    showError(card, error && error.message ? error.message.replace(/^.*?Error: /, '') : 'The upload failed.');
+  });
+  uppy.on('file-removed', (file) => {
+    const card = cards.get(file.id);
+    if (card && card.dataset.status === 'uploading') setStatus(card, 'cancelled');
+  });
+  uppy.on('restored', () => {
+    // Golden Retriever brought back files and their multipart state from before a reload:
+    // carry on at once (listParts skips what storage already holds).
+    if (uppy.getState().recoveredState) uppy.emit('restore-confirmed');
+    for (const file of uppy.getFiles()) {
+      const card = cardFor(file);
+      const body = file.response && file.response.body;
+      if (body && body.asset) follow(card, body.asset);
+      else {
+        setStatus(card, 'uploading');
+        setUploadProgress(card, file.progress && file.size ? (file.progress.bytesUploaded || 0) / file.size : 0);
+      }
+    }
+  });
+
+  /* ---- overall ---- */
+  const overall = document.getElementById('overall');
+  /* Bytes sent of every file still going or done; refused and cancelled files drop out. */
+  function updateOverall() {
+    let sent = 0, total = 0, refused = 0, active = 0;
+    for (const file of uppy.getFiles()) {
+      if (file.error) { refused += 1; continue; }
+      total += file.size || 0;
+      sent += file.progress.uploadComplete ? file.size || 0 : file.progress.bytesUploaded || 0;
+      if (!file.progress.uploadComplete) active += 1;
+    }
+    if (!total && !refused) return;
+    overall.hidden = false;
+    const pct = mm.setBar(overall.querySelector('.bar'), total ? sent / total : 1);
+    document.getElementById('overall-text').textContent = pct + '%';
+    document.getElementById('overall-label').textContent =
+      (active ? 'Uploading' : 'Uploaded') + (refused ? ' · ' + refused + ' refused' : '');
+  }
+  for (const event of ['upload-progress', 'upload-success', 'upload-error', 'file-removed', 'restored']) {
+    uppy.on(event, () => window.requestAnimationFrame(updateOverall));
+  }
+
+  window.mediamillUppy = uppy;  // for tests and the curious
+})();
