@@ -1,16 +1,19 @@
-"""Upkeep run by beat: purge deleted assets' objects; bounded work per run."""
+"""Upkeep run by beat: re-send silent jobs, purge deleted assets, abort abandoned direct
+uploads; bounded work per run."""
 
+import contextlib
 from datetime import timedelta
 
 from celery import shared_task
 from sqlalchemy import delete, select
 
 from media import assets
-from media.records import Asset, utcnow
+from media.records import Asset, DirectUpload, utcnow
 from media.services import Services
 from tasks.pipeline import enqueue
 
 PURGE_BATCH = 100
+ABANDONED_AFTER = timedelta(hours=24)
 SEND_BATCH = 500
 
 
@@ -35,7 +38,8 @@ def sweep(self) -> dict:
         jobs = assets.stale_queued(session, stale, SEND_BATCH)
         jobs += assets.stale_running(session, stale, SEND_BATCH)
     enqueue(self.app, jobs)
-    return {"resent": len(jobs), "purged": _purge_deleted(services)}
+    return {"resent": len(jobs), "purged": _purge_deleted(services),
+            "abandoned": _abort_abandoned(services)}
 
 
 def _purge_deleted(services: Services) -> int:
@@ -47,6 +51,21 @@ def _purge_deleted(services: Services) -> int:
     for asset_id in ids:
         purge_asset(services, asset_id)
     return len(ids)
+
+
+def _abort_abandoned(services: Services) -> int:
+    """Free the parts of direct uploads left open for a day (the browser went away)."""
+    cutoff = utcnow() - ABANDONED_AFTER
+    with services.db.session() as session:
+        stale = list(session.scalars(
+            select(DirectUpload).where(DirectUpload.status == "open",
+                                       DirectUpload.created_at < cutoff).limit(PURGE_BATCH)
+        ))
+        for upload in stale:
+            with contextlib.suppress(FileNotFoundError):  # already gone from the store
+                services.storage.abort_multipart(upload.key, upload.storage_upload_id)
+            upload.status = "aborted"
+    return len(stale)
 
 
 def purge_asset(services: Services, asset_id: str) -> int:

@@ -163,3 +163,31 @@ def test_moto_bucket_cors_lets_the_site_put_parts_and_read_etag(make_stack, s3_e
     put = requests.put(url, data=b"part", headers=origin, timeout=10)
     assert put.status_code == 200
     assert "etag" in put.headers.get("Access-Control-Expose-Headers", "").lower()
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_sweep_aborts_uploads_abandoned_for_a_day(make_stack, s3_endpoint, corpus, storage):
+    from datetime import timedelta
+
+    from media.records import DirectUpload
+
+    stack = make_stack(storage=storage, s3_endpoint=s3_endpoint if storage == "s3" else None,
+                       queues=())
+    key = stack.create_key("alice")
+    client = stack.client()
+    data = padded_jpeg(corpus, 9 * MiB)
+    upload, _ = upload_direct(client, key, data, "left.jpg", missing=(2,))
+    services = stack.app.extensions["mediamill"]
+    with services.db.session() as session:
+        row = session.get(DirectUpload, upload["id"])
+        row.created_at -= timedelta(hours=25)
+        stored_key, upload_id = row.key, row.storage_upload_id
+    assert services.storage.list_parts(stored_key, upload_id)  # part 1 is stored
+    celery_app = stack.app.extensions["celery"]
+    celery_app.loader.import_default_modules()
+    assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 1
+    assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 0
+    with pytest.raises(FileNotFoundError):  # the store freed the parts
+        services.storage.list_parts(stored_key, upload_id)
+    shown = client.get(f"/api/v1/uploads/{upload['id']}", headers=auth(key)).json
+    assert shown["status"] == "aborted" and shown["parts"] == []
