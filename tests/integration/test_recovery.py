@@ -110,3 +110,30 @@ def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path
     finally:
         redis_proc.terminate()
         redis_proc.wait()
+
+
+def test_s3_unreachable_for_10s_during_processing_loses_nothing(make_stack, s3_endpoint,
+                                                                corpus):
+    from urllib.parse import urlsplit
+
+    from tests.proxy import Proxy
+
+    proxy = Proxy(urlsplit(s3_endpoint).port)
+    try:
+        stack = make_stack(storage="s3", s3_endpoint=f"http://127.0.0.1:{proxy.port}",
+                           queues=("thumbnails", "metadata"))
+        key = stack.create_key("alice")
+        client = stack.client()
+        photos = sorted((corpus / "images/orientation").glob("*.jpg"))[:8]
+        ids = [upload(client, key, path).json["id"] for path in photos]
+        proxy.down()
+        time.sleep(10)
+        proxy.restore()
+        for asset_id in ids:
+            done = wait_final(client, key, asset_id, timeout=180)
+            assert done["status"] == "completed", done["jobs"]
+        with stack.app.extensions["mediamill"].db.session() as session:
+            retried = session.scalars(select(Job).where(Job.attempts > 1)).all()
+        assert retried, "the outage never hit a job: the test proved nothing"
+    finally:
+        proxy.close()
