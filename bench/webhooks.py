@@ -79,7 +79,12 @@ def jpeg(i: int) -> bytes:
     return out.getvalue()
 
 
-def start_stack(tmp: Path, procs: Processes, web_port: int) -> tuple[dict, str, str]:
+PROCESSES = ("web", "thumbnails", "metadata", "webhooks", "beat")
+
+
+def start_stack(tmp: Path, procs: Processes, web_port: int,
+                processes=PROCESSES) -> tuple[dict, str, str]:
+    """Release, a key, then the Procfile's `processes` under honcho; (env, key, secret)."""
     redis_port = free_port()
     procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                           "--save", "", "--appendonly", "no"], tmp / "redis.log")
@@ -95,9 +100,8 @@ def start_stack(tmp: Path, procs: Processes, web_port: int) -> tuple[dict, str, 
     issued = subprocess.run(["flask", "--app", "web", "create-api-key", "bench"], env=env,
                             cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
     tenant = json.loads(issued.stdout.strip().splitlines()[-1])
-    procs.start("honcho", ["honcho", "start", "-f", "Procfile", "-p", str(web_port), "web",
-                           "thumbnails", "metadata", "webhooks", "beat"],
-                tmp / "honcho.log", env=env, cwd=ROOT)
+    procs.start("honcho", ["honcho", "start", "-f", "Procfile", "-p", str(web_port),
+                           *processes], tmp / "honcho.log", env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{web_port}"
     wait_for(lambda: requests.get(f"{base}/readyz", timeout=2).ok, 90, "web /readyz")
     time.sleep(3)  # workers finish booting

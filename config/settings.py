@@ -49,6 +49,13 @@ class Settings:
     job_stale_seconds: int = 120  # a running job silent this long is taken as dead
     log_format: str = "json"
     signed_url_ttl: int = 3600
+    thumbnail_boxes: tuple[int, ...] = (2048, 1024, 256)
+    thumbnail_formats: tuple[str, ...] = ("webp", "jpeg")
+    thumbnail_quality: tuple[tuple[str, int], ...] = (("webp", 80), ("jpeg", 85), ("avif", 60))
+    thumbnail_animated: bool = False
+    video_renditions: tuple[int, ...] = (1080, 720, 480)  # heights; 720 is always made
+    video_hls: bool = False
+    ffmpeg_threads: int = 0  # 0: ffmpeg decides for a lone process, else cores / processes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], instance_dir: Path | None = None) -> Settings:
@@ -82,6 +89,13 @@ class Settings:
         take("MEDIAMILL_MAX_IMAGE_PIXELS", "max_image_pixels", _positive_int)
         take("MEDIAMILL_JOB_STALE_SECONDS", "job_stale_seconds", _positive_int)
         take("MEDIAMILL_LOG_FORMAT", "log_format", _log_format)
+        take("MEDIAMILL_THUMBNAIL_BOXES", "thumbnail_boxes", _boxes)
+        take("MEDIAMILL_THUMBNAIL_FORMATS", "thumbnail_formats", _formats)
+        take("MEDIAMILL_THUMBNAIL_QUALITY", "thumbnail_quality", _qualities)
+        take("MEDIAMILL_THUMBNAIL_ANIMATED", "thumbnail_animated", _flag)
+        take("MEDIAMILL_VIDEO_RENDITIONS", "video_renditions", _renditions)
+        take("MEDIAMILL_VIDEO_HLS", "video_hls", _flag)
+        take("MEDIAMILL_FFMPEG_THREADS", "ffmpeg_threads", _threads)
         if errors:
             raise ConfigError("; ".join(errors))
         return cls(**values)
@@ -219,6 +233,40 @@ def _flag(value: str) -> bool:
     raise ValueError("must be 0 or 1")
 
 
+_THUMBNAIL_FORMATS = ("webp", "jpeg", "avif")
+
+
+def _boxes(value: str) -> tuple[int, ...]:
+    try:
+        boxes = tuple(sorted({int(part) for part in value.split(",")}, reverse=True))
+    except ValueError:
+        raise ValueError("must be comma-separated sizes in pixels, e.g. 2048,1024,256") from None
+    if not boxes or any(not 16 <= box <= 8192 for box in boxes):
+        raise ValueError("must be comma-separated sizes from 16 to 8192, e.g. 2048,1024,256")
+    return boxes
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",")))
+    if not names or any(name not in _THUMBNAIL_FORMATS for name in names):
+        raise ValueError(f"must be a comma-separated list of {', '.join(_THUMBNAIL_FORMATS)}")
+    return names
+
+
+def _qualities(value: str) -> tuple[tuple[str, int], ...]:
+    """`webp=80,jpeg=85`: the named formats' qualities; the others keep their default."""
+    given: dict[str, int] = {}
+    for part in value.split(","):
+        name, _, number = part.partition("=")
+        name = name.strip().lower()
+        if name not in _THUMBNAIL_FORMATS or not number.strip().isdigit() \
+                or not 1 <= int(number) <= 100:
+            raise ValueError("must be FORMAT=QUALITY pairs (1-100), e.g. webp=80,jpeg=85")
+        given[name] = int(number)
+    return tuple((name, given.get(name, default)) for name, default in
+                 Settings.thumbnail_quality)
+
+
 def _schedule(value: str) -> tuple[int, ...]:
     try:
         delays = tuple(int(part) for part in value.split(","))
@@ -227,3 +275,24 @@ def _schedule(value: str) -> tuple[int, ...]:
     if not delays or any(d < 0 for d in delays):
         raise ValueError("must be comma-separated seconds, e.g. 5,30,120")
     return delays
+
+
+def _renditions(value: str) -> tuple[int, ...]:
+    message = "must be comma-separated heights between 144 and 4320, e.g. 1080,720,480"
+    try:
+        heights = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError(message) from None
+    if not heights or any(not 144 <= h <= 4320 or h % 2 for h in heights):
+        raise ValueError(message)
+    return tuple(sorted(set(heights), reverse=True))
+
+
+def _threads(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be 0 (automatic) or a number of threads up to 64") from None
+    if not 0 <= number <= 64:
+        raise ValueError("must be 0 (automatic) or a number of threads up to 64")
+    return number

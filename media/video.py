@@ -1,21 +1,26 @@
-"""Video with ffmpeg: probe, transcode to a web MP4, extract a poster frame.
+"""Video with ffmpeg: probe, transcode to web MP4 renditions, package HLS, extract a poster.
 
-Every command is built with ffmpeg-python as an argv list (never a shell string). Inputs
-are probed first and accepted only from an allow-list of container formats, and ffmpeg
-may only open local files, so a crafted file cannot make it follow playlists or URLs.
+Every ffmpeg command is built with ffmpeg-python as an argv list (never a shell string).
+Inputs are probed first and accepted only from an allow-list of containers and codecs, and
+ffmpeg itself is held to the same lists (`format_whitelist`, `codec_whitelist`) and may
+only open local files, so a crafted file cannot make it follow playlists, concat scripts
+or URLs. All renditions come out of one ffmpeg run that decodes the source once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg
@@ -25,9 +30,30 @@ from media.errors import MediaError
 # ffprobe's format names (any alias of a demuxer) that we accept as containers.
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi",
                    "mpegts", "flv", "mpeg"}
+# The demuxers behind those names: ffmpeg refuses to even probe with any other, so a
+# playlist (hls), a concat script or an image sequence never gets a chance to open files.
+DEMUXERS = "mov,matroska,avi,mpegts,flv,mpeg"
+VIDEO_CODECS = {"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "vp8", "vp9", "av1",
+                "prores", "mjpeg", "h263", "flv1", "theora", "dnxhd", "msmpeg4v3", "wmv2"}
+AUDIO_CODECS = {"aac", "mp3", "mp2", "mp1", "ac3", "eac3", "opus", "vorbis", "flac", "alac",
+                "amr_nb", "amr_wb", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s32le",
+                "pcm_f32le", "pcm_u8", "pcm_mulaw", "pcm_alaw", "adpcm_ima_qt"}
+# Decoders (by name) ffmpeg may open for those codecs: most carry the codec's name, some
+# are named after their implementation (and which one ffmpeg picks depends on the build).
+_DECODER_ALIASES = {"mp3float", "mp2float", "mp1float", "aac_fixed", "ac3_fixed", "libdav1d",
+                    "libaom-av1", "libvpx", "libvpx-vp9", "libopus", "libvorbis", "flv",
+                    "mpegvideo", "msmpeg4", "amrnb", "amrwb"}
+_DECODERS = ",".join(sorted(VIDEO_CODECS | AUDIO_CODECS | _DECODER_ALIASES))
 PROBE_TIMEOUT = 30
-BOX = (1280, 720)
-_INPUT_OPTS = {"protocol_whitelist": "file", "probesize": "50M", "analyzeduration": "20M"}
+DEFAULT_HEIGHTS = (1080, 720, 480)
+CONTRACT_HEIGHT = 720  # `mp4_720p` is in the contract: always made
+MAX_FPS = 60  # slow-motion phone clips (120-240 fps) are kept to this: 2-4x less to encode
+_INPUT_OPTS = {"protocol_whitelist": "file", "format_whitelist": DEMUXERS,
+               "probesize": "50M", "analyzeduration": "20M"}
+_QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+# Seconds of ffmpeg allowed per second of source, on top of a fixed allowance: ~25x the
+# 1080p+720p+480p ladder's measured cost on a busy 2-core machine (bench/video.py).
+BUDGET_BASE, BUDGET_PER_SECOND = 120.0, 20.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +70,19 @@ class Probe:
     audio: dict | None
 
 
+@dataclass(frozen=True)
+class Rendition:
+    """One MP4 to make: its derivative name, its display size, and where it goes."""
+
+    name: str
+    width: int
+    height: int
+    path: Path
+
+
 def probe(src: Path) -> Probe:
-    """Run ffprobe once; MediaError unless it is a video in an allowed container."""
+    """Run ffprobe once; MediaError unless it is a video in allowed containers and codecs.
+    Idempotent (reads only)."""
     args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json"]
     args += [arg for k, v in _INPUT_OPTS.items() for arg in (f"-{k}", v)]
     try:
@@ -53,6 +90,10 @@ def probe(src: Path) -> Probe:
                               timeout=PROBE_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise MediaError("The video could not be read: probing it took too long.") from exc
+    if b"not on whitelist" in done.stderr:  # ffmpeg's wording for a refused demuxer
+        raise MediaError("The file is not a video container we accept (playlists and scripts "
+                         "that refer to other files are refused); upload MP4, MOV, WebM, MKV, "
+                         "AVI, MPEG-TS or FLV.")
     if done.returncode != 0:
         raise MediaError(f"The video could not be read ({_tail(done.stderr)}).")
     return _parse_probe(json.loads(done.stdout or b"{}"))
@@ -60,18 +101,16 @@ def probe(src: Path) -> Probe:
 
 def _parse_probe(raw: dict) -> Probe:
     fmt = raw.get("format", {})
-    names = set(fmt.get("format_name", "").split(","))
-    if not names & ALLOWED_FORMATS:
-        raise MediaError(
-            f"The container format {fmt.get('format_name') or 'unknown'!r} is not accepted; "
-            "upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV."
-        )
+    if not set(fmt.get("format_name", "").split(",")) & ALLOWED_FORMATS:
+        raise MediaError(_refused_format(fmt.get("format_name")))
     streams = raw.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
     if video is None or not video.get("width"):
-        raise MediaError("The file has no video stream.")
+        raise MediaError("The file has no readable video stream; it may be incomplete or "
+                         "damaged.")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    _check_codecs(video, audio)
     rotation = _rotation(video)
     width, height = int(video["width"]), int(video["height"])
     if rotation % 180:
@@ -80,47 +119,187 @@ def _parse_probe(raw: dict) -> Probe:
     return Probe(raw, fmt.get("format_name", ""), duration, width, height, rotation, video, audio)
 
 
+def _check_codecs(video: dict, audio: dict | None) -> None:
+    if video.get("codec_name") not in VIDEO_CODECS:
+        raise MediaError(f"The video codec {video.get('codec_name') or 'unknown'!r} is not "
+                         "accepted; upload H.264, HEVC, VP8/VP9, AV1, MPEG-4 or ProRes video.")
+    if audio is not None and audio.get("codec_name") not in AUDIO_CODECS:
+        raise MediaError(f"The audio codec {audio.get('codec_name') or 'unknown'!r} is not "
+                         "accepted; upload AAC, MP3, Opus, Vorbis, AC-3, FLAC or PCM audio.")
+
+
+def _refused_format(name: str | None) -> str:
+    return (f"The container format {name or 'unknown'!r} is not accepted; "
+            "upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV.")
+
+
+def box(height: int, portrait: bool) -> tuple[int, int]:
+    """The 16:9 box of a rendition height (1080 -> 1920x1080), turned for portrait."""
+    width = (height * 16 + 8) // 9 // 2 * 2
+    return (height, width) if portrait else (width, height)
+
+
+def fit(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+    """Fit `target` keeping the aspect, never upscale, both sides even (x264 needs that)."""
+    scale = min(1.0, target[0] / width, target[1] / height)
+    return _even(width * scale, min(width, target[0])), _even(height * scale,
+                                                             min(height, target[1]))
+
+
+def _even(value: float, limit: int) -> int:
+    """The nearest even number to `value`, but not past `limit` (the source or the box)."""
+    return max(2, min(int(value / 2 + 0.5) * 2, limit // 2 * 2))
+
+
 def target_size(width: int, height: int) -> tuple[int, int]:
-    """Fit 1280x720 in the clip's own orientation, never upscale, both sides even."""
-    box_w, box_h = BOX if width >= height else BOX[::-1]
-    scale = min(1.0, box_w / width, box_h / height)
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    """The `mp4_720p` size: fit 1280x720 in the clip's own orientation, never upscale."""
+    return fit(width, height, box(CONTRACT_HEIGHT, height > width))
 
 
-def transcode(src: Path, dst: Path, info: Probe, on_progress: Callable[[float], None] | None = None,
-              threads: int = 0, timeout: float | None = None) -> None:
-    """Write an H.264/AAC MP4 with +faststart to `dst`. Idempotent (overwrites `dst`)."""
-    width, height = target_size(info.width, info.height)
-    stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), **_INPUT_OPTS)
-    video = stream["v:0"].filter("scale", width, height).filter("format", "yuv420p")
-    outputs = [video] + ([stream["a:0"]] if info.audio else [])
-    audio_opts = {"c:a": "aac", "b:a": "128k", "ac": 2} if info.audio else {"an": None}
-    cmd = (
-        ffmpeg.output(
-            *outputs, f"file:{dst}", format="mp4", vcodec="libx264", preset="veryfast",
-            crf=23, profile="high", movflags="+faststart", threads=threads,
-            map_metadata=-1, **audio_opts,
-        )
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1",
-                     "-nostats")
-        .overwrite_output()
-    )
+def plan(info: Probe, out_dir: Path, heights: Sequence[int] = DEFAULT_HEIGHTS
+         ) -> list[Rendition]:
+    """The renditions for a clip, largest first. A box the clip does not fill in either
+    direction would only upscale and is skipped, except `mp4_720p`, which the contract
+    always promises: for a smaller clip it is made at the clip's own (even) size."""
+    portrait = info.height > info.width
+    out: list[Rendition] = []
+    for height in sorted(set(heights) | {CONTRACT_HEIGHT}, reverse=True):
+        target = box(height, portrait)
+        size = fit(info.width, info.height, target)
+        fills = info.width >= target[0] or info.height >= target[1]
+        duplicate = size in [(r.width, r.height) for r in out]  # 640x480: 480p == 720p
+        if height == CONTRACT_HEIGHT or (fills and not duplicate):
+            out.append(Rendition(f"mp4_{height}p", *size, out_dir / f"mp4_{height}p.mp4"))
+    return out
+
+
+def time_budget(duration: float | None, ceiling: float) -> float:
+    """Seconds ffmpeg may run for a clip of `duration`: proportional, at most `ceiling`."""
+    if not duration:
+        return ceiling
+    return min(ceiling, BUDGET_BASE + BUDGET_PER_SECOND * duration)
+
+
+def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
+              on_progress: Callable[[float], None] | None = None, threads: int = 0,
+              timeout: float | None = None, keyframe_every: float | None = None) -> None:
+    """Write each rendition as an H.264/AAC MP4 with +faststart, decoding `src` once.
+    Idempotent (overwrites the files)."""
+    stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
+                          threads=threads, **_INPUT_OPTS)
+    picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
+    branches = picture.split() if len(renditions) > 1 else None
+    outputs = []
+    for i, rendition in enumerate(renditions):
+        branch = branches[i] if branches is not None else picture
+        video = branch.filter("scale", rendition.width, rendition.height).filter(
+            "format", "yuv420p")
+        outputs.append(ffmpeg.output(
+            video, *([stream[_index(info.audio, "a:0")]] if info.audio else []),
+            f"file:{rendition.path}",
+            **_mp4_options(info, threads, keyframe_every)))
+    cmd = (ffmpeg.merge_outputs(*outputs)
+           .global_args(*_QUIET, "-progress", "pipe:1", "-nostats")
+           .overwrite_output())
     _run_with_progress(cmd.compile(), info.duration, on_progress, timeout)
 
 
-def poster(src: Path, dst: Path, info: Probe, timeout: float = 120) -> Path:
-    """Extract one representative frame (10% in, at most 5 s) as a PNG at display size."""
+def _index(stream: dict | None, default: str) -> str:
+    """The probed stream by its index: "v:0" could be a cover picture, not the video."""
+    index = (stream or {}).get("index")
+    return str(index) if isinstance(index, int) else default
+
+
+def _frame_rate_capped(picture, info: Probe):
+    rate = _rate(info.video.get("avg_frame_rate")) or 0.0
+    return picture.filter("fps", MAX_FPS) if rate > MAX_FPS else picture
+
+
+def _mp4_options(info: Probe, threads: int, keyframe_every: float | None) -> dict:
+    options = {
+        "format": "mp4", "vcodec": "libx264", "preset": "veryfast", "crf": 23,
+        "profile:v": "high", "movflags": "+faststart", "threads": threads,
+        "map_metadata": -1, "map_chapters": -1,
+        # Variable frame rate phone video keeps its own timestamps: no frames duplicated
+        # to reach a nominal rate (which can be 90000 fps), none dropped.
+        "fps_mode": "vfr",
+    }
+    if keyframe_every:  # HLS segments must start on a keyframe
+        options["force_key_frames"] = f"expr:gte(t,n_forced*{keyframe_every:g})"
+    if info.audio:
+        options.update({"c:a": "aac", "b:a": "128k", "ac": 2})
+    else:
+        options["an"] = None
+    return options
+
+
+def package_hls(renditions: Sequence[Rendition], out_dir: Path, duration: float | None,
+                segment: float = 6.0, timeout: float | None = None) -> list[Path]:
+    """Repackage finished MP4 renditions as an HLS ladder without re-encoding: one fMP4 file
+    and one byte-range playlist per rendition, and `hls.m3u8`, the master playlist.
+    Idempotent (overwrites)."""
+    files: list[Path] = []
+    variants: list[str] = []
+    for rendition in renditions:
+        stem = f"hls_{rendition.name.removeprefix('mp4_')}"
+        playlist, media = out_dir / f"{stem}.m3u8", out_dir / f"{stem}.mp4"
+        cmd = (
+            ffmpeg.input(f"file:{rendition.path}", f="mov", **_INPUT_OPTS)
+            .output(f"file:{playlist}", format="hls", c="copy", hls_time=segment,
+                    hls_playlist_type="vod", hls_segment_type="fmp4", hls_flags="single_file",
+                    hls_segment_filename=f"file:{media}")
+            .global_args(*_QUIET)
+            .overwrite_output()
+        )
+        _run(cmd.compile(), timeout)
+        files += [playlist, media]
+        variants.append(_variant(rendition, playlist, media, duration))
+    master = out_dir / "hls.m3u8"
+    master.write_text("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+                      + "".join(variants))
+    return [master, *files]
+
+
+def _variant(rendition: Rendition, playlist: Path, media: Path, duration: float | None) -> str:
+    # The average rate stands in for the peak, which HLS wants; players only use it to
+    # choose between the variants, so the ordering is what matters.
+    bandwidth = int(media.stat().st_size * 8 / duration) if duration else 0
+    return (f"#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},"
+            f"RESOLUTION={rendition.width}x{rendition.height}\n{playlist.name}\n")
+
+
+def poster(src: Path, dst: Path, info: Probe, timeout: float = 120, box_side: int = 2048
+           ) -> Path:
+    """Extract a representative frame as a PNG at display size (at most `box_side`): the
+    most typical of the first keyframes from 10% in (at most 5 s), or, when no keyframe
+    follows, of a dozen frames from there. Idempotent (overwrites `dst`)."""
     at = min(5.0, (info.duration or 0) * 0.1)
-    cmd = (
-        ffmpeg.input(f"file:{src}", ss=at, f=_demuxer(info), **_INPUT_OPTS)
-        .output(f"file:{dst}", vframes=1, format="image2", vcodec="png")
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+    size = fit(info.width, info.height, (box_side, box_side))
+    # Keyframes first: decoding every frame from the previous keyframe up to `at` costs up
+    # to a whole GOP (8 s of 1080p for x264's defaults), and keyframes often sit at cuts.
+    for keyframes_only in (True, False):
+        dst.unlink(missing_ok=True)
+        _run(_poster_command(src, dst, info, at, size, keyframes_only), timeout)
+        if dst.exists() and dst.stat().st_size > 0:
+            return dst
+    raise MediaError("No frame could be decoded from the video for its poster.")
+
+
+def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[int, int],
+                    keyframes_only: bool) -> list[str]:
+    skip = {"skip_frame": "nokey"} if keyframes_only else {}
+    return (
+        ffmpeg.input(f"file:{src}", ss=at, f=_demuxer(info), codec_whitelist=_DECODERS,
+                     **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
+        .filter("thumbnail", 3 if keyframes_only else 12)
+        .filter("scale", *size)
+        # the PNG is only passed on to the thumbnailer: fast compression, not small files
+        .output(f"file:{dst}", vframes=1, format="image2", vcodec="png", update=1,
+                compression_level=1)
+        .global_args(*_QUIET)
         .overwrite_output()
+        .compile()
     )
-    _run(cmd.compile(), timeout)
-    if not dst.exists() or dst.stat().st_size == 0:
-        raise MediaError("No frame could be decoded from the video for its poster.")
-    return dst
 
 
 def _demuxer(info: Probe) -> str:
@@ -128,8 +307,7 @@ def _demuxer(info: Probe) -> str:
     HLS playlist or a concat script would open other files)."""
     names = [name for name in info.format_name.split(",") if name in ALLOWED_FORMATS]
     if not names:
-        raise MediaError(f"The container format {info.format_name or 'unknown'!r} is not "
-                         "accepted; upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV.")
+        raise MediaError(_refused_format(info.format_name))
     return names[0]
 
 
@@ -141,10 +319,12 @@ def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
                        timeout: float | None) -> None:
     """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog kills it at
-    `timeout` even if it prints nothing, and any way out of here kills it too."""
+    `timeout` even if it prints nothing, any way out of here kills it, and so does the
+    death of this process (a hard time limit or a cold worker shutdown)."""
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         expired = threading.Event()
         watchdog = threading.Timer(timeout, _expire, [proc, expired]) if timeout else None
         if watchdog:
@@ -170,6 +350,26 @@ def _run_with_progress(argv: list[str], duration: float | None,
             raise MediaError(f"ffmpeg could not convert the video ({_tail(errors.read())}).")
 
 
+def _load_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no parent-death signal to ask for
+        return None
+
+
+# Looked up once, here: the child between fork and exec should call, not load libraries.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: have the kernel SIGKILL ffmpeg when the worker
+    process dies. ffmpeg runs in its own session (so a kill reaches all of it), which also
+    means Celery's kill of the pool child would otherwise leave it running."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _expire(proc: subprocess.Popen, expired: threading.Event) -> None:
     expired.set()
     _kill(proc)
@@ -190,6 +390,14 @@ def _rotation(stream: dict) -> int:
     return int(float(rotate)) % 360 if rotate else 0
 
 
+def _rate(value: str | None) -> float | None:
+    try:
+        rate = float(Fraction(value))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return round(rate, 3) if rate > 0 else None
+
+
 def _float(value) -> float | None:
     try:
         number = float(value)
@@ -198,6 +406,13 @@ def _float(value) -> float | None:
     return number if number == number else None  # NaN is not a number here
 
 
+# ffmpeg prefixes lines with "[demuxer @ 0x55d0...]" and names files by their path: neither
+# helps the person reading the job's error, and the worker's paths are nobody's business.
+_LOG_PREFIX = re.compile(r"\[[^\]]* @ 0x[0-9a-f]+\] ")
+_LOCAL_PATH = re.compile(r"(?:file:)?/[\w.+/-]+")
+
+
 def _tail(stderr: bytes, limit: int = 300) -> str:
     text = stderr.decode("utf-8", "replace").strip().replace("\n", " | ")
+    text = _LOCAL_PATH.sub("the file", _LOG_PREFIX.sub("", text))
     return text[-limit:] or "no error output"

@@ -232,3 +232,242 @@ def test_render_is_idempotent(tmp_path):
 
     assert first == second
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(first)
+
+
+# --- colour, modes and alpha ------------------------------------------------------------
+
+_LINEAR = [((c / 255 + 0.055) / 1.055) ** 2.4 if c > 10 else c / 255 / 12.92 for c in range(256)]
+
+
+def _lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+    """CIELAB (D65) of an sRGB pixel."""
+    r, g, b = (_LINEAR[c] for c in rgb)
+    xyz = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
+           (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+    fx, fy, fz = (t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def delta_e(a: Image.Image, b: Image.Image) -> float:
+    """Mean CIE76 delta-E of two sRGB images over a 16x16 grid of block averages: colour,
+    not the detail that resampling and lossy encoding move pixel by pixel."""
+    a, b = (im.convert("RGB").resize((16, 16), Image.Resampling.BOX) for im in (a, b))
+    pairs = zip(a.get_flattened_data(), b.get_flattened_data(), strict=True)
+    return sum(sum((x - y) ** 2 for x, y in zip(_lab(p), _lab(q), strict=True)) ** 0.5
+               for p, q in pairs) / 256
+
+
+def test_wide_gamut_heic_lands_within_a_small_delta_e_of_the_srgb_reference(rendered):
+    """Display P3 pixels read as if they were sRGB look dull; converted, they match."""
+    name = "camera/IMG_5195.HEIC"
+    with Image.open(CORPUS / name) as source:
+        icc = source.info["icc_profile"]
+        assert "P3" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+        source = source.convert("RGB")
+    thumb_path = rendered(name)["thumb_256.webp"].path
+    with Image.open(thumb_path) as thumb:
+        size = thumb.size
+        thumb = thumb.convert("RGB")
+    srgb = ImageCms.profileToProfile(source, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                     ImageCms.createProfile("sRGB"), outputMode="RGB")
+    reference = srgb.resize(size, Image.Resampling.LANCZOS)
+    unconverted = source.resize(size, Image.Resampling.LANCZOS)
+
+    assert delta_e(thumb, reference) < 1.5
+    assert delta_e(unconverted, reference) > 2.0  # the check can tell a missed conversion
+
+
+@pytest.mark.parametrize("name", ["camera/BSG1.tiff", "pillow/icc_profile_big.jpg"])
+def test_embedded_profiles_are_converted_to_srgb(rendered, name):
+    with Image.open(CORPUS / name) as source:
+        icc = source.info["icc_profile"]
+        source = source.convert("RGB")
+    with Image.open(rendered(name)["thumb_256.jpg"].path) as thumb:
+        size, thumb = thumb.size, thumb.convert("RGB")
+    srgb = ImageCms.profileToProfile(source, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                     ImageCms.createProfile("sRGB"), outputMode="RGB")
+
+    assert delta_e(thumb, srgb.resize(size, Image.Resampling.LANCZOS)) < 1.5
+    assert delta_e(source.resize(size), srgb.resize(size)) > 2.0
+
+
+def test_animated_gif_gives_a_still_of_its_first_frame(rendered):
+    name = "misc/pigs_in_a_polka.gif"
+    out = rendered(name)
+    with Image.open(CORPUS / name) as source:  # its frames are mostly transparent
+        first, white = source.convert("RGBA"), Image.new("RGBA", source.size, "white")
+        first = Image.alpha_composite(white, first).convert("RGB")
+        source.seek(15)
+        later = Image.alpha_composite(white, source.convert("RGBA")).convert("RGB")
+    with Image.open(out["thumb_256.jpg"].path) as thumb:
+        assert getattr(thumb, "n_frames", 1) == 1
+        assert thumb.size == thumbnails.fit(first.size, 256) == (256, 223)
+        grey = thumb.convert("L")
+    with Image.open(out["thumb_256.webp"].path) as webp:
+        assert not getattr(webp, "is_animated", False)
+
+    assert difference(grey, first.convert("L").resize(grey.size)) < 6
+    assert difference(first.convert("L"), later.convert("L")) > 6  # frames do differ
+
+
+def test_animated_webp_is_an_option(tmp_path):
+    name = "misc/pigs_in_a_polka.gif"
+    options = thumbnails.Options(boxes=(256,), formats=("webp",), animated=True)
+
+    out = {r.name: r for r in thumbnails.render(CORPUS / name, tmp_path, options=options)}
+
+    assert sorted(out) == ["anim_256.webp", "thumb_256.webp"]
+    with Image.open(out["anim_256.webp"].path) as anim, Image.open(CORPUS / name) as source:
+        assert anim.is_animated and anim.n_frames == source.n_frames
+        assert anim.size == thumbnails.fit(source.size, 256)
+        anim.load()
+        assert anim.info["duration"] == source.info["duration"]
+        assert len(anim.getexif()) == 0
+    (tmp_path / "default").mkdir()
+    still = thumbnails.render(CORPUS / name, tmp_path / "default",
+                              options=thumbnails.Options(boxes=(256,)))
+    assert [r.name for r in still] == ["thumb_256.webp", "thumb_256.jpg"]  # off by default
+
+
+@pytest.mark.parametrize("name", ["pillow/mode_16bit.png", "pillow/tiff_16bit_RGBa.tiff"])
+def test_sixteen_bit_sources_keep_their_tones(rendered, name):
+    with Image.open(CORPUS / name) as source:
+        expected = source.convert("RGBA")
+    with Image.open(rendered(name)["thumb_256.webp"].path) as thumb:
+        assert thumb.size == source.size
+        got = thumb.convert("RGBA")
+
+    # not black, white or banded: close to Pillow's own 16 -> 8 bit reduction
+    assert difference(got.convert("L"), expected.convert("L")) < 6
+
+
+def test_palette_gif_with_transparency_keeps_alpha(rendered):
+    out = rendered("pillow/dispose_bgnd_rgba.gif")
+    with Image.open(out["thumb_256.webp"].path) as webp:
+        assert webp.mode == "RGBA" and webp.getchannel("A").getextrema()[0] == 0
+    with Image.open(out["thumb_256.jpg"].path) as jpeg:
+        assert jpeg.mode == "RGB"
+
+
+def test_greyscale_with_alpha_keeps_alpha_and_stays_grey(tmp_path):
+    source = tmp_path / "la.png"
+    grey = Image.linear_gradient("L").resize((400, 300))
+    alpha = Image.new("L", (400, 300), 255)
+    alpha.paste(0, (0, 0, 200, 300))
+    Image.merge("LA", (grey, alpha)).save(source)
+
+    out = {r.name: r for r in thumbnails.render(source, tmp_path)}
+
+    with Image.open(out["thumb_256.webp"].path) as webp:
+        assert webp.mode == "RGBA"
+        assert webp.getchannel("A").getpixel((10, 10)) == 0
+        assert webp.getchannel("A").getpixel((250, 10)) == 255
+        r, g, b, _ = webp.split()
+        assert difference(r, b) < 2
+    with Image.open(out["thumb_256.jpg"].path) as jpeg:
+        assert jpeg.getpixel((10, 10)) == (255, 255, 255)  # transparent half flattened white
+
+
+def test_transparent_pixels_do_not_bleed_into_edges(tmp_path):
+    """Resampling weights colour by alpha: invisible green must not tint a red edge."""
+    source = tmp_path / "edge.png"
+    image = Image.new("RGBA", (1000, 1000), (0, 255, 0, 0))  # fully transparent green
+    image.paste((255, 0, 0, 255), (0, 0, 500, 1000))
+    image.save(source)
+
+    out = {r.name: r for r in thumbnails.render(source, tmp_path)}
+
+    with Image.open(out["thumb_256.webp"].path) as webp:
+        edge = [webp.getpixel((x, 128)) for x in range(124, 132)]
+    visible = [px for px in edge if px[3] > 16]
+    assert visible and all(g < 40 for _, g, _, _ in visible), edge
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "PNG"])
+def test_other_input_formats(tmp_path, fmt):
+    source = tmp_path / f"photo.{fmt.lower()}"
+    with Image.open(CORPUS / "orientation/Landscape_6.jpg") as photo:
+        ImageOps.exif_transpose(photo).save(source, fmt)
+    (tmp_path / "ref").mkdir()
+    made = thumbnails.render(CORPUS / "orientation/Landscape_6.jpg", tmp_path / "ref")
+    reference = pixels({r.name: r for r in made}["thumb_256.jpg"].path)
+
+    out = {r.name: r for r in thumbnails.render(source, tmp_path)}
+
+    assert (out["thumb_256.jpg"].width, out["thumb_256.jpg"].height) == (256, 171)
+    assert difference(pixels(out["thumb_256.jpg"].path), reference) < 8
+
+
+# --- options ----------------------------------------------------------------------------
+
+
+def test_boxes_formats_and_quality_are_configurable(tmp_path):
+    source = CORPUS / "misc/vacation_2017.jpg"
+    low = thumbnails.Options(boxes=(512, 128), formats=("jpeg",), jpeg_quality=40)
+    high = thumbnails.Options(boxes=(512, 128), formats=("jpeg",), jpeg_quality=95)
+    (tmp_path / "low").mkdir()
+    (tmp_path / "high").mkdir()
+
+    made = thumbnails.render(source, tmp_path / "low", options=low)
+    again = thumbnails.render(source, tmp_path / "high", options=high)
+
+    assert [(r.name, r.width, r.height) for r in made] == [("thumb_512.jpg", 512, 288),
+                                                          ("thumb_128.jpg", 128, 72)]
+    assert made[0].path.stat().st_size * 1.5 < again[0].path.stat().st_size
+
+
+def test_avif_is_an_option(tmp_path):
+    options = thumbnails.Options(boxes=(256,), formats=("avif", "jpeg"))
+
+    out = {r.name: r for r in thumbnails.render(CORPUS / "camera/DSCN0010.jpg", tmp_path,
+                                                options=options)}
+
+    assert sorted(out) == ["thumb_256.avif", "thumb_256.jpg"]
+    assert out["thumb_256.avif"].content_type == "image/avif"
+    with Image.open(out["thumb_256.avif"].path) as avif:
+        assert avif.format == "AVIF" and avif.size == (256, 192)
+        assert len(avif.getexif()) == 0 and "sRGB" in ImageCms.getProfileDescription(
+            ImageCms.ImageCmsProfile(io.BytesIO(avif.info["icc_profile"])))
+        assert difference(avif.convert("L"), pixels(out["thumb_256.jpg"].path)) < 8
+
+
+def test_settings_parse_thumbnail_options():
+    from config.settings import ConfigError, Settings
+
+    settings = Settings.from_env({"MEDIAMILL_THUMBNAIL_BOXES": "256, 1024",
+                                  "MEDIAMILL_THUMBNAIL_FORMATS": "WebP,avif",
+                                  "MEDIAMILL_THUMBNAIL_QUALITY": "jpeg=90",
+                                  "MEDIAMILL_THUMBNAIL_ANIMATED": "1"})
+    assert settings.thumbnail_boxes == (1024, 256)
+    assert settings.thumbnail_formats == ("webp", "avif")
+    assert dict(settings.thumbnail_quality) == {"webp": 80, "jpeg": 90, "avif": 60}
+    assert settings.thumbnail_animated is True
+
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"MEDIAMILL_THUMBNAIL_BOXES": "0", "MEDIAMILL_THUMBNAIL_FORMATS": "gif",
+                           "MEDIAMILL_THUMBNAIL_QUALITY": "webp=101"})
+    for name in ("MEDIAMILL_THUMBNAIL_BOXES", "MEDIAMILL_THUMBNAIL_FORMATS",
+                 "MEDIAMILL_THUMBNAIL_QUALITY"):
+        assert name in str(caught.value)
+
+
+def test_webp_with_exif_orientation_is_turned_upright(rendered):
+    name = "pillow/hopper_orientation_6.webp"
+    with Image.open(CORPUS / name) as source:
+        upright = ImageOps.exif_transpose(source).convert("L")
+        stored = source.convert("L")
+
+    thumb = pixels(rendered(name)["thumb_256.webp"].path)
+
+    assert difference(thumb, upright) < 8
+    assert difference(thumb, stored) > 25
+
+
+@pytest.mark.parametrize("path", sorted((CORPUS / "broken").iterdir()), ids=lambda p: p.name)
+def test_files_with_broken_exif_still_render(tmp_path, path):
+    """These crashed EXIF readers; their pixels are fine, so they get thumbnails."""
+    out = thumbnails.render(path, tmp_path, options=thumbnails.Options(boxes=(256,)))
+
+    assert [r.name for r in out] == ["thumb_256.webp", "thumb_256.jpg"]
+    with Image.open(out[1].path) as image:
+        assert max(image.size) == 256 and image.getextrema() != ((0, 0), (0, 0), (0, 0))

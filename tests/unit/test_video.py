@@ -1,10 +1,15 @@
-"""Video with real ffmpeg on small files: probe, target size, transcode, poster, refusals."""
+"""Video with real ffmpeg on small files: probe, renditions, transcode, HLS, poster, refusals,
+and ffmpeg killed whatever happens to the process that runs it."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +49,16 @@ def clips(tmp_path_factory) -> dict[str, Path]:
            str(clips["rotated"]))
     ffmpeg("-i", str(clips["big"]), "-c", "copy", "-metadata:s:v", "rotate=270",
            str(clips["big_rotated"]))
+    # 1080p with audio, so that every default rendition is made.
+    clips["hd"] = folder / "hd.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=10", "-f", "lavfi", "-i",
+           "sine=frequency=440:sample_rate=48000", "-t", "1", "-c:v", "libx264", "-preset",
+           "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(clips["hd"]))
+    # Variable frame rate: 25 fps with frames dropped unevenly, timestamps kept.
+    clips["vfr"] = folder / "vfr.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "2", "-vf",
+           "select='lt(mod(n,10),3)+lt(n,5)'", "-fps_mode", "vfr", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(clips["vfr"]))
     return clips
 
 
@@ -60,6 +75,36 @@ def atom_offset(data: bytes, name: bytes) -> int:
             break
         offset += size
     raise AssertionError(f"no top-level {name!r} box")
+
+
+def one_720p(src: Path, dst: Path, info: video.Probe, on_progress=None) -> Path:
+    """Transcode just `mp4_720p` (the contract's rendition) to `dst`."""
+    video.transcode(src, [video.Rendition("mp4_720p", *video.target_size(info.width,
+                                                                         info.height), dst)],
+                    info, on_progress)
+    return dst
+
+
+def ffprobe_json(path: Path) -> dict:
+    """An independent look at an output: ffprobe run directly, not through media.video."""
+    done = subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of",
+                           "json", str(path)], capture_output=True, check=True, timeout=30)
+    return json.loads(done.stdout)
+
+
+def assert_plays(path: Path, size: tuple[int, int], duration: float | None, audio: bool) -> None:
+    """h264 (+ aac when the source has audio), moov before mdat, the size, the duration."""
+    raw = ffprobe_json(path)
+    codecs = {s["codec_type"]: s["codec_name"] for s in raw["streams"]}
+    assert codecs == ({"video": "h264", "audio": "aac"} if audio else {"video": "h264"})
+    picture = next(s for s in raw["streams"] if s["codec_type"] == "video")
+    assert (picture["width"], picture["height"]) == size
+    assert picture["pix_fmt"] == "yuv420p"
+    assert not any("rotation" in d for d in picture.get("side_data_list", []))
+    data = path.read_bytes()
+    assert atom_offset(data, b"moov") < atom_offset(data, b"mdat")
+    if duration is not None:
+        assert abs(float(raw["format"]["duration"]) - duration) <= 0.1
 
 
 # --- probe ---------------------------------------------------------------------------------
@@ -88,6 +133,8 @@ def test_probe_without_audio():
     ("chaplin.mp4", (640, 360)),
     ("smpte-2997.mp4", (1920, 1080)),
     ("transparent.webm", (200, 200)),
+    ("echo-hereweare.webm", (480, 270)),
+    ("video_with_failing_audio.mp4", (640, 360)),
 ])
 def test_probe_corpus(name, size):
     info = video.probe(VIDEOS / name)
@@ -120,32 +167,97 @@ def test_a_text_file_named_mp4_is_refused(tmp_path):
     assert "could not be read" in str(caught.value)
 
 
-def test_a_playlist_is_refused_and_not_followed(tmp_path):
-    """An HLS playlist must not make ffmpeg open other files or URLs."""
-    secret = tmp_path / "secret.ts"
+def passwd_playlist(folder: Path, name: str) -> tuple[Path, Path]:
+    """An HLS playlist under a video's name, listing /etc/passwd and a readable segment."""
+    secret = folder / "secret.ts"
     shutil.copy(VIDEOS / "example.mp4", secret)  # would be a perfectly readable segment
-    playlist = tmp_path / "upload.mp4"
+    playlist = folder / name
     playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n"
                         "#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:10.0,\nfile:///etc/passwd\n"
                         f"#EXTINF:2.0,\n{secret}\n#EXT-X-ENDLIST\n")
+    return playlist, secret
 
-    with pytest.raises(MediaError):
+
+@pytest.mark.parametrize("name", ["upload.mp4", "upload.avi", "upload.ts", "upload"])
+def test_a_playlist_is_refused_and_not_followed(tmp_path, name):
+    """An HLS playlist must not make ffmpeg open other files or URLs: the hls demuxer is
+    not even allowed to look at it."""
+    playlist, secret = passwd_playlist(tmp_path, name)
+    os.utime(secret, (1_000_000_000, 1_000_000_000))
+
+    with pytest.raises(MediaError) as caught:
         video.probe(playlist)
+
+    assert "playlists and scripts" in str(caught.value)
+    assert "root:" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    assert secret.stat().st_atime == 1_000_000_000  # never opened for reading
     # Even handed a probe that says "hls", ffmpeg is not let loose on the playlist.
     hls = video.Probe({}, "hls", 2.0, 640, 480, 0, {}, None)
     with pytest.raises(MediaError, match="not accepted"):
         video.poster(playlist, tmp_path / "poster.png", hls)
     with pytest.raises(MediaError, match="not accepted"):
-        video.transcode(playlist, tmp_path / "out.mp4", hls)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.ts", "upload.mp4"]
+        one_720p(playlist, tmp_path / "out.mp4", hls)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["secret.ts", name])
 
 
-def test_a_concat_script_is_refused(tmp_path):
+def test_a_playlist_mislabelled_as_mp4_is_not_opened_by_the_transcode(tmp_path):
+    """A probe that wrongly says "mp4" (say, for a file changed after probing): the forced
+    demuxer and the demuxer allow-list still keep ffmpeg off the playlist."""
+    playlist, _ = passwd_playlist(tmp_path, "upload.mp4")
+    lying = video.Probe({}, "mov,mp4", 2.0, 640, 480, 0, {"codec_name": "h264"}, None)
+
+    with pytest.raises(MediaError) as caught:
+        one_720p(playlist, tmp_path / "out.mp4", lying)
+
+    assert "root:" not in str(caught.value)
+    out = tmp_path / "out.mp4"
+    assert not out.exists() or b"root:" not in out.read_bytes()
+
+
+def test_a_concat_script_naming_etc_passwd_is_refused(tmp_path):
     script = tmp_path / "upload.mp4"
-    script.write_text(f"ffconcat version 1.0\nfile '{VIDEOS / 'example.mp4'}'\n")
+    script.write_text("ffconcat version 1.0\nfile 'file:///etc/passwd'\n"
+                      f"file '{VIDEOS / 'example.mp4'}'\n")
 
-    with pytest.raises(MediaError, match="not accepted|could not be read"):
+    with pytest.raises(MediaError) as caught:
         video.probe(script)
+
+    assert "playlists and scripts" in str(caught.value) or "not accepted" in str(caught.value)
+    assert "root:" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "tables"])
+def test_a_corrupt_moov_is_refused_readably(tmp_path, damage):
+    data = bytearray((VIDEOS / "example.mp4").read_bytes())
+    moov = atom_offset(bytes(data), b"moov")  # at the end of this file
+    if damage == "truncated":
+        data = data[:moov + 400]
+    elif damage == "zeroed":
+        data[moov + 8:] = bytes(len(data) - moov - 8)
+    else:  # the sample size and chunk offset tables overwritten
+        for table in (b"stco", b"stsz"):
+            at = data.index(table, moov)
+            size = int.from_bytes(data[at - 4:at], "big")
+            data[at + 12:at - 4 + size] = b"\xff" * (size - 16)
+    source = tmp_path / "broken.mp4"
+    source.write_bytes(bytes(data))
+
+    with pytest.raises(MediaError) as caught:
+        video.probe(source)
+
+    message = str(caught.value)
+    assert message.startswith("The ") and message.endswith(".")
+    assert not EXCEPTION_NAME.search(message)
+    assert str(tmp_path) not in message and "0x" not in message
+
+
+def test_a_disallowed_codec_is_refused(tmp_path):
+    source = tmp_path / "gif.mkv"  # an accepted container around a codec we do not take
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=5", "-t", "0.4", "-c:v", "gif",
+           str(source))
+
+    with pytest.raises(MediaError, match="video codec 'gif' is not accepted"):
+        video.probe(source)
 
 
 def test_an_image_is_not_a_video(tmp_path):
@@ -158,7 +270,7 @@ def test_an_image_is_not_a_video(tmp_path):
     assert not EXCEPTION_NAME.search(str(caught.value))
 
 
-# --- target size ---------------------------------------------------------------------------
+# --- sizes and the rendition plan ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("size", "expected"), [
@@ -180,6 +292,48 @@ def test_target_size(size, expected):
     assert width % 2 == 0 and height % 2 == 0
 
 
+def probe_of(width: int, height: int) -> video.Probe:
+    return video.Probe({}, "mov,mp4", 1.0, width, height, 0, {"codec_name": "h264"}, None)
+
+
+def sizes(width: int, height: int, heights=video.DEFAULT_HEIGHTS) -> dict[str, tuple]:
+    return {r.name: (r.width, r.height)
+            for r in video.plan(probe_of(width, height), Path("/out"), heights)}
+
+
+def test_plan_full_hd_gets_the_whole_ladder():
+    assert sizes(1920, 1080) == {"mp4_1080p": (1920, 1080), "mp4_720p": (1280, 720),
+                                 "mp4_480p": (854, 480)}
+    assert [r.path.name for r in video.plan(probe_of(1920, 1080), Path("/out"))] == [
+        "mp4_1080p.mp4", "mp4_720p.mp4", "mp4_480p.mp4"]
+
+
+def test_plan_portrait_uses_portrait_boxes():
+    assert sizes(1080, 1920) == {"mp4_1080p": (1080, 1920), "mp4_720p": (720, 1280),
+                                 "mp4_480p": (480, 854)}
+
+
+def test_plan_never_upscales_and_always_has_mp4_720p():
+    # 640x360: no box is filled; mp4_720p is the clip at its own size, nothing else.
+    assert sizes(640, 360) == {"mp4_720p": (640, 360)}
+    assert sizes(1280, 720) == {"mp4_720p": (1280, 720), "mp4_480p": (854, 480)}
+    # 640x480 fills the 480 box's height, but that would only repeat mp4_720p.
+    assert sizes(640, 480) == {"mp4_720p": (640, 480)}
+    assert sizes(3840, 2160, (1080,)) == {"mp4_1080p": (1920, 1080), "mp4_720p": (1280, 720)}
+
+
+def test_plan_4_3_and_ultrawide_keep_their_aspect():
+    assert sizes(1440, 1080) == {"mp4_1080p": (1440, 1080), "mp4_720p": (960, 720),
+                                 "mp4_480p": (640, 480)}
+    assert sizes(2560, 1080)["mp4_480p"] == (854, 360)
+
+
+def test_time_budget_is_proportional_and_capped():
+    assert video.time_budget(10.0, 10_000) < video.time_budget(100.0, 10_000)
+    assert video.time_budget(100_000.0, 3600) == 3600
+    assert video.time_budget(None, 3600) == 3600
+
+
 # --- transcode and poster ------------------------------------------------------------------
 
 
@@ -188,26 +342,14 @@ def example_mp4(tmp_path_factory):
     """example.mp4 (2 s, no audio) transcoded once, with the progress values seen."""
     out = tmp_path_factory.mktemp("transcode") / "mp4_720p.mp4"
     seen: list[float] = []
-    video.transcode(VIDEOS / "example.mp4", out, video.probe(VIDEOS / "example.mp4"),
-                    seen.append)
+    one_720p(VIDEOS / "example.mp4", out, video.probe(VIDEOS / "example.mp4"), seen.append)
     return out, seen
 
 
 def test_transcode_h264_without_audio(example_mp4):
     out, _ = example_mp4
-    info = video.probe(out)
 
-    assert info.video["codec_name"] == "h264"
-    assert info.video["pix_fmt"] == "yuv420p"
-    assert info.audio is None
-    assert (info.width, info.height) == (640, 480)  # never upscaled
-    assert info.duration == pytest.approx(2.0, abs=0.15)
-
-
-def test_transcode_is_faststart(example_mp4):
-    data = example_mp4[0].read_bytes()
-
-    assert atom_offset(data, b"moov") < atom_offset(data, b"mdat")
+    assert_plays(out, (640, 480), 2.0, audio=False)  # never upscaled
 
 
 def test_transcode_reports_rising_progress(example_mp4):
@@ -219,31 +361,102 @@ def test_transcode_reports_rising_progress(example_mp4):
     assert seen[-1] >= 0.9
 
 
+def test_the_whole_ladder_in_one_run(clips, tmp_path):
+    source = clips["hd"]
+    info = video.probe(source)
+    renditions = video.plan(info, tmp_path)
+    seen: list[float] = []
+
+    video.transcode(source, renditions, info, seen.append, threads=1)
+
+    assert [r.name for r in renditions] == ["mp4_1080p", "mp4_720p", "mp4_480p"]
+    for rendition in renditions:
+        assert_plays(rendition.path, (rendition.width, rendition.height), info.duration,
+                     audio=True)
+    assert seen and seen == sorted(seen) and seen[-1] >= 0.9
+
+
+@pytest.mark.parametrize(("name", "size", "audio"), [
+    ("fire2.mp4", (1280, 720), True),  # a phone clip: rotation 180, variable frame rate
+    ("chaplin.mp4", (640, 360), True),  # 640x360: mp4_720p at its own size, no upscale
+    ("transparent.webm", (200, 200), True),  # VP9 with alpha, Vorbis
+    ("example.mp4", (640, 480), False),
+    ("video_with_failing_audio.mp4", (640, 360), True),
+])
+def test_corpus_clips_convert(tmp_path, name, size, audio):
+    source = VIDEOS / name
+    info = video.probe(source)
+    renditions = video.plan(info, tmp_path)
+
+    video.transcode(source, renditions, info)
+
+    assert [(r.width, r.height) for r in renditions if r.name == "mp4_720p"] == [size]
+    for rendition in renditions:
+        assert_plays(rendition.path, (rendition.width, rendition.height), info.duration, audio)
+
+
+def test_transcode_of_a_clip_without_a_duration(tmp_path):
+    source = VIDEOS / "no_duration.webm"
+    info = video.probe(source)
+    out = tmp_path / "mp4_720p.mp4"
+
+    one_720p(source, out, info)
+
+    assert_plays(out, (1280, 720), None, audio=True)
+
+
+def test_variable_frame_rate_keeps_timing_without_duplicating_frames(clips, tmp_path):
+    source = clips["vfr"]
+    info = video.probe(source)
+    out = one_720p(source, tmp_path / "out.mp4", info)
+
+    assert_plays(out, (320, 240), info.duration, audio=False)
+    count = lambda path: int(ffprobe_json_frames(path))  # noqa: E731
+    assert count(out) == count(source)
+
+
+def test_slow_motion_is_capped_at_60_fps(tmp_path):
+    source = tmp_path / "slowmo.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=240", "-t", "0.5", "-c:v", "libx264",
+           "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(source))
+    info = video.probe(source)
+
+    out = one_720p(source, tmp_path / "out.mp4", info)
+
+    assert_plays(out, (160, 120), info.duration, audio=False)
+    assert int(ffprobe_json_frames(out)) == pytest.approx(30, abs=1)  # 0.5 s at 60 fps
+
+
+def ffprobe_json_frames(path: Path) -> str:
+    done = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0",
+                           str(path)], capture_output=True, check=True, timeout=30, text=True)
+    return done.stdout.strip()
+
+
 def test_transcode_converts_audio_to_aac(clips, tmp_path):
     source = clips["with_pcm"]  # a MOV with uncompressed PCM audio
     assert video.probe(source).audio["codec_name"] == "pcm_s16le"
-    out = tmp_path / "out.mp4"
 
-    video.transcode(source, out, video.probe(source))
-    info = video.probe(out)
+    out = one_720p(source, tmp_path / "out.mp4", video.probe(source))
 
-    assert info.audio is not None and info.audio["codec_name"] == "aac"
-    assert info.audio["channels"] == 2
-    assert info.video["codec_name"] == "h264"
-    assert (info.width, info.height) == (320, 240)
+    assert_plays(out, (320, 240), video.probe(source).duration, audio=True)
+    assert video.probe(out).audio["channels"] == 2
 
 
 def test_transcode_portrait_clip_stays_portrait(clips, tmp_path):
     source = clips["big_rotated"]  # stored 1600x900, shown 900x1600
     info = video.probe(source)
     assert (info.width, info.height) == (900, 1600)
+    renditions = video.plan(info, tmp_path)
 
-    out = tmp_path / "out.mp4"
-    video.transcode(source, out, info)
-    result = video.probe(out)
+    video.transcode(source, renditions, info)
 
-    assert (result.width, result.height) == (720, 1280)
-    assert result.rotation == 0  # upright pixels, no rotation left for players to apply
+    # 900x1600 fills no 1080x1920 box: no mp4_1080p, which would be the source size again
+    assert {r.name: (r.width, r.height) for r in renditions} == {
+        "mp4_720p": (720, 1280), "mp4_480p": (480, 854)}
+    for rendition in renditions:  # upright pixels, no rotation left for players to apply
+        assert_plays(rendition.path, (rendition.width, rendition.height), info.duration, False)
 
 
 @pytest.mark.parametrize(("ext", "codec"), [("mkv", "libx264"), ("avi", "mpeg4"),
@@ -253,31 +466,19 @@ def test_transcode_from_every_accepted_container(tmp_path, ext, codec):
     source = tmp_path / f"clip.{ext}"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "0.4", "-c:v", codec,
            "-pix_fmt", "yuv420p", str(source))
-    out = tmp_path / "out.mp4"
 
-    video.transcode(source, out, video.probe(source))
+    out = one_720p(source, tmp_path / "out.mp4", video.probe(source))
     poster = video.poster(source, tmp_path / "poster.png", video.probe(source))
 
     assert video.probe(out).video["codec_name"] == "h264"
     assert poster.stat().st_size > 0
 
 
-def test_transcode_of_a_webm_with_alpha(tmp_path):
-    source = VIDEOS / "transparent.webm"
-    out = tmp_path / "out.mp4"
-
-    video.transcode(source, out, video.probe(source))
-
-    info = video.probe(out)
-    assert (info.video["codec_name"], info.width, info.height) == ("h264", 200, 200)
-    assert info.audio["codec_name"] == "aac"
-
-
 def test_transcode_overwrites(clips, tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"stale bytes from an earlier run")
 
-    video.transcode(clips["plain"], out, video.probe(clips["plain"]))
+    one_720p(clips["plain"], out, video.probe(clips["plain"]))
 
     assert video.probe(out).video["codec_name"] == "h264"
 
@@ -288,10 +489,39 @@ def test_transcode_failure_is_a_media_error_with_ffmpeg_tail(tmp_path):
     info = video.Probe({}, "mov,mp4", 2.0, 640, 480, 0, {"codec_name": "h264"}, None)
 
     with pytest.raises(MediaError) as caught:
-        video.transcode(source, tmp_path / "out.mp4", info)
+        one_720p(source, tmp_path / "out.mp4", info)
 
-    assert "ffmpeg could not convert the video" in str(caught.value)
-    assert not EXCEPTION_NAME.search(str(caught.value))
+    message = str(caught.value)
+    assert "ffmpeg could not convert the video" in message
+    assert "moov atom not found" in message  # the tail of ffmpeg's own words
+    assert not EXCEPTION_NAME.search(message) and str(tmp_path) not in message
+
+
+def test_hls_ladder_from_the_renditions(clips, tmp_path):
+    source = clips["hd"]
+    info = video.probe(source)
+    renditions = video.plan(info, tmp_path, (720, 480))
+    video.transcode(source, renditions, info, keyframe_every=0.5)
+
+    files = video.package_hls(renditions, tmp_path, info.duration, segment=0.5)
+
+    assert [f.name for f in files] == ["hls.m3u8", "hls_720p.m3u8", "hls_720p.mp4",
+                                       "hls_480p.m3u8", "hls_480p.mp4"]
+    master = files[0].read_text().splitlines()
+    assert master[0] == "#EXTM3U"
+    assert [line for line in master if not line.startswith("#")] == ["hls_720p.m3u8",
+                                                                       "hls_480p.m3u8"]
+    assert "RESOLUTION=1280x720" in files[0].read_text()
+    variant = files[1].read_text()
+    assert "#EXT-X-MAP:URI=\"hls_720p.mp4\"" in variant and "#EXT-X-ENDLIST" in variant
+    assert variant.count("#EXTINF") >= 2  # segmented at the forced keyframes
+    assert str(tmp_path) not in variant
+    # The variant plays back through the HLS demuxer as h264 + aac of the right length.
+    raw = subprocess.run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of",
+                          "json", str(files[1])], capture_output=True, check=True, timeout=30)
+    played = json.loads(raw.stdout)
+    assert {s["codec_name"] for s in played["streams"]} == {"h264", "aac"}
+    assert abs(float(played["format"]["duration"]) - info.duration) <= 0.1
 
 
 def test_poster_is_a_png_at_display_size(tmp_path):
@@ -312,16 +542,146 @@ def test_poster_of_a_rotated_clip_is_upright(clips, tmp_path):
         assert image.size == (240, 320)
 
 
-def test_a_silent_hung_ffmpeg_is_killed_at_its_timeout(tmp_path):
-    # ffmpeg reading a FIFO nobody writes to hangs without printing progress.
-    import os
-    import time
+def test_poster_skips_a_black_opening(tmp_path):
+    """Black for the first 40% of the clip, then a picture: the poster is the picture."""
+    source = tmp_path / "fade.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "2", "-vf",
+           "drawbox=c=black:t=fill:enable='lt(t,0.8)'", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", str(source))
 
-    fifo = tmp_path / "stuck.ts"
+    poster = video.poster(source, tmp_path / "poster.png", video.probe(source))
+
+    with Image.open(poster) as image:
+        assert image.convert("L").getextrema()[1] > 100
+
+
+def test_poster_of_a_clip_with_one_keyframe_decodes_up_to_its_moment(tmp_path):
+    """No keyframe after 10% in: the poster falls back to decoding every frame."""
+    source = tmp_path / "one_gop.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "2", "-vf",
+           "drawbox=c=black:t=fill:enable='lt(t,0.8)'", "-c:v", "libx264", "-g", "1000",
+           "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(source))
+    stale = tmp_path / "poster.png"
+    stale.write_bytes(b"an earlier run's poster")
+
+    poster = video.poster(source, stale, video.probe(source))
+
+    with Image.open(poster) as image:
+        assert image.size == (160, 120)
+        assert image.convert("L").getextrema()[1] > 100
+
+
+# --- ffmpeg never outlives its job -----------------------------------------------------------
+
+
+def stuck_argv(fifo: Path) -> list[str]:
+    """ffmpeg reading a FIFO nobody writes to: it hangs without printing progress."""
     os.mkfifo(fifo)
-    argv = ["ffmpeg", "-nostdin", "-f", "mpegts", "-i", f"file:{fifo}", "-f", "null", "-"]
+    return ["ffmpeg", "-nostdin", "-f", "mpegts", "-i", f"file:{fifo}", "-f", "null", "-"]
+
+
+def ffmpeg_alive(marker: Path) -> bool:
+    return subprocess.run(["pgrep", "-f", str(marker)], capture_output=True).stdout != b""
+
+
+def test_a_silent_hung_ffmpeg_is_killed_at_its_timeout(tmp_path):
+    fifo = tmp_path / "stuck.ts"
+    argv = stuck_argv(fifo)
     started = time.monotonic()
+
     with pytest.raises(MediaError, match="took too long"):
         video._run_with_progress(argv, None, None, timeout=1.0)
+
     assert time.monotonic() - started < 10
-    assert subprocess.run(["pgrep", "-f", str(fifo)], capture_output=True).stdout == b""
+    assert not ffmpeg_alive(fifo)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_ffmpeg_dies_with_the_worker_process(tmp_path, how):
+    """A hard time limit or a cold shutdown kills the pool process without running any
+    Python: the kernel must take ffmpeg down with it."""
+    fifo = tmp_path / "stuck.ts"
+    argv = stuck_argv(fifo)
+    code = ("import sys; from media import video; "
+            f"video._run_with_progress({argv!r}, None, None, timeout=None)")
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(video.__file__).parents[1])
+    from tests.conftest import wait_for
+
+    wait_for(lambda: ffmpeg_alive(fifo), timeout=20, what="ffmpeg to start")
+    worker.send_signal(getattr(__import__("signal"), how))
+    worker.wait(10)
+
+    wait_for(lambda: not ffmpeg_alive(fifo), timeout=5, what="ffmpeg to die")
+
+
+# --- settings and the pool's threads --------------------------------------------------------
+
+
+def test_video_settings_parse_and_validate():
+    from config.settings import ConfigError, Settings
+
+    settings = Settings.from_env({"MEDIAMILL_VIDEO_RENDITIONS": "480,1080,1080",
+                                  "MEDIAMILL_VIDEO_HLS": "1", "MEDIAMILL_FFMPEG_THREADS": "3"})
+    assert settings.video_renditions == (1080, 480)  # 720 is added by the plan, always
+    assert settings.video_hls is True and settings.ffmpeg_threads == 3
+    assert Settings().video_renditions == (1080, 720, 480) and Settings().video_hls is False
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"MEDIAMILL_VIDEO_RENDITIONS": "720p", "MEDIAMILL_FFMPEG_THREADS": "-1",
+                           "MEDIAMILL_VIDEO_HLS": "maybe"})
+    for name in ("MEDIAMILL_VIDEO_RENDITIONS", "MEDIAMILL_FFMPEG_THREADS", "MEDIAMILL_VIDEO_HLS"):
+        assert name in str(caught.value)
+    with pytest.raises(ConfigError, match="MEDIAMILL_VIDEO_RENDITIONS"):
+        Settings.from_env({"MEDIAMILL_VIDEO_RENDITIONS": "721"})  # x264 needs even sizes
+
+
+def test_ffmpeg_threads_share_the_cores_over_the_pool():
+    from config.settings import Settings
+    from tasks.video import ffmpeg_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert ffmpeg_threads(Settings(), 1) == 0  # a lone ffmpeg sizes itself for the machine
+    assert ffmpeg_threads(Settings(), 2) == max(1, cores // 2)
+    assert ffmpeg_threads(Settings(), 64) == 1
+    assert ffmpeg_threads(Settings(ffmpeg_threads=5), 2) == 5
+
+
+def test_the_pool_size_is_taken_from_the_worker_at_boot():
+    from types import SimpleNamespace
+
+    import tasks.video as task
+
+    before = dict(task._pool)
+    try:
+        task._remember_concurrency(SimpleNamespace(concurrency=3))
+        assert task._pool["concurrency"] == 3
+        task._remember_concurrency(SimpleNamespace(concurrency="auto"))  # resolved later
+        assert task._pool["concurrency"] == len(os.sched_getaffinity(0))
+    finally:
+        task._pool.update(before)
+
+
+def test_the_video_task_work_makes_renditions_and_hls(clips, tmp_path):
+    """The task's work function on its own: derivatives as the asset JSON will list them."""
+    from types import SimpleNamespace
+
+    from config.settings import Settings
+    from tasks.pipeline import Context
+    from tasks.video import make_renditions
+
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[float] = []
+    services = SimpleNamespace(settings=Settings(video_renditions=(480,), video_hls=True))
+    ctx = Context("a1", "video", "", clips["hd"], out, services, seen.append)
+
+    result = make_renditions(ctx)
+
+    derivatives = {name: (path.name, ctype, extra) for name, path, ctype, extra in result.files}
+    assert derivatives["mp4_720p"] == ("mp4_720p.mp4", "video/mp4", {
+        "kind": "video", "width": 1280, "height": 720, "duration": pytest.approx(1.0, abs=0.1)})
+    assert derivatives["mp4_480p"][2]["width"] == 854
+    assert derivatives["hls.m3u8"][1] == "application/vnd.apple.mpegurl"
+    assert {name for name, (_, _, extra) in derivatives.items() if extra["kind"] == "hls"} == {
+        "hls.m3u8", "hls_720p.m3u8", "hls_720p.mp4", "hls_480p.m3u8", "hls_480p.mp4"}
+    assert all(path.parent == out and path.stat().st_size > 0 for _, path, _, _ in result.files)
+    assert seen and seen[-1] >= 0.9

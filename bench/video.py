@@ -1,0 +1,302 @@
+"""Video benchmark: the whole video job against the raw `ffmpeg` command line, and the pool's
+throughput with two clips at once against one at a time.
+
+One run starts its own moto_server (S3, object data on /dev/shm), writes a 1080p30 H.264+AAC
+clip at ~20 Mb/s with ffmpeg's testsrc2 once, stores it as an asset's original, and then, in
+alternating rounds on the same file:
+
+* raw:       the `ffmpeg` command line, typed out as a person would, making the same
+             renditions with the same options from the local file (decode once, split);
+* raw (URL): the same command reading the original through a presigned S3 URL, to see
+             whether skipping the download would pay (ffmpeg then streams it over HTTP);
+* service:   the job the video and thumbnails tasks do, through the same functions they
+             call: fetch (storage.download), probe, transcode (every rendition in one
+             ffmpeg run, `-progress` parsed), poster (video.poster + thumbnails.render, which
+             the thumbnails pool does in parallel in production), upload (storage.upload_file
+             of every output under assets/{id}/).
+
+Then throughput: the service job on two short clips, one after the other, then both at once
+(ffmpeg's own thread count, and threads = cores / 2), as clips per minute.
+
+    .venv/bin/python bench/video.py [--seconds 20] [--rounds 3] [--throughput-seconds 10]
+
+Target: service <= 1.05x raw. Exit 0 when met, 1 when missed, 2 on error. Everything the run
+starts or writes is removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from upload import (  # noqa: E402  (bench/upload.py: the same process helpers)
+    _RAM_DIRS,
+    BIN,
+    Processes,
+    _http_ok,
+    _ram_dir,
+    free_port,
+    log,
+    wait_for,
+)
+
+TARGET = 1.05
+ASSET = "bench0000000000000000000000000001"
+
+
+def make_clip(path: Path, seconds: int) -> None:
+    """A 1080p30 H.264 High + AAC clip at ~20 Mb/s, moov at the end as cameras write it."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                    "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast",
+                    "-b:v", "20M", "-maxrate", "20M", "-bufsize", "40M", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-b:a", "128k", "-shortest", str(path)], check=True)
+
+
+def raw_argv(src: str, out_dir: Path, sizes: list[tuple[str, int, int]], threads: int) -> list:
+    """The transcode as typed on a command line: one decode, split, one output per size."""
+    split = f"[0:v]split={len(sizes)}" + "".join(f"[s{i}]" for i in range(len(sizes)))
+    chains = [f"[s{i}]scale={w}:{h},format=yuv420p[o{i}]" for i, (_, w, h) in enumerate(sizes)]
+    argv = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-threads", str(threads), "-i", src,
+            "-filter_complex", ";".join([split, *chains])]
+    for i, (name, _, _) in enumerate(sizes):
+        argv += ["-map", f"[o{i}]", "-map", "0:a:0", "-c:v", "libx264", "-preset", "veryfast",
+                 "-crf", "23", "-profile:v", "high", "-threads", str(threads), "-fps_mode", "vfr",
+                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-map_metadata", "-1",
+                 "-movflags", "+faststart", str(out_dir / f"raw_{name}.mp4")]
+    return argv
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - started, value
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process and of its finished children (each ffmpeg run): less
+    moved than wall time by other load on a shared machine. moto_server is not counted
+    (it runs to the end), as a real S3 would not be."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measured(fn, *args) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of one call."""
+    cpu = cpu_now()
+    wall, value = timed(fn, *args)
+    return wall, cpu_now() - cpu, value
+
+
+def service_job(storage, key: str, work: Path, threads: int, heights) -> dict[str, float]:
+    """What the video task and the thumbnails task do for one asset, stage by stage."""
+    from media import thumbnails, video
+
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "out").mkdir(parents=True)
+    src, out = work / "original", work / "out"
+    split: dict[str, float] = {}
+    split["fetch"], _ = timed(storage.download, key, src)
+    split["probe"], info = timed(video.probe, src)
+    renditions = video.plan(info, out, heights)
+    progress = Progress()
+    split["transcode"], _ = timed(lambda: video.transcode(
+        src, renditions, info, on_progress=progress, threads=threads,
+        timeout=video.time_budget(info.duration, 3 * 3600)))
+    split["poster"], made = timed(lambda: thumbnails.render(
+        video.poster(src, work / "poster.png", info), out))
+    files = [r.path for r in renditions] + [m.path for m in made]
+    prefix = key.rsplit("/", 1)[0]
+    split["upload"], _ = timed(lambda: [storage.upload_file(f"{prefix}/{p.name}", p, "video/mp4")
+                                        for p in files])
+    split["total"] = sum(split.values())
+    assert progress.values and progress.values[-1] >= 0.95, "no progress seen"
+    return split
+
+
+class Progress:
+    """What the task's progress writer gets: kept, at most once a second, rising."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.last = 0.0
+
+    def __call__(self, value: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= 1.0 or value >= 1.0:
+            self.last = now
+            self.values.append(value)
+
+
+def run(args, tmp: Path, procs: Processes) -> int:
+    from config.settings import Settings
+    from media import video
+    from media.storage import S3Storage
+    from tasks.video import ffmpeg_threads
+
+    cores = len(os.sched_getaffinity(0))
+    settings = Settings()
+    heights = settings.video_renditions
+    moto_port = free_port()
+    moto_tmp = _ram_dir(tmp)
+    moto = procs.start("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
+                                       str(moto_port)], tmp / "moto.log",
+                       env={**os.environ, "TMPDIR": str(moto_tmp)})
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    wait_for(lambda: _http_ok(endpoint + "/moto-api/"), 30, "moto_server", moto)
+    storage = S3Storage("bench", "media", endpoint)
+    storage.ensure_bucket()
+
+    clip, short = tmp / "clip.mp4", tmp / "short.mp4"
+    log(f"writing a {args.seconds} s 1080p30 clip")
+    make_clip(clip, args.seconds)
+    make_clip(short, args.throughput_seconds)
+    key = f"assets/{ASSET}/original"
+    storage.upload_file(key, clip, "video/mp4")
+    info = video.probe(clip)
+    sizes = [(r.name, r.width, r.height) for r in video.plan(info, tmp, heights)]
+    url = storage.url(key, 3600)
+    raw_out = tmp / "raw"
+    raw_out.mkdir()
+    lone = ffmpeg_threads(settings, 1)
+
+    rows: dict[str, list] = {"raw": [], "raw_url": [], "service": []}
+    cpu: dict[str, list] = {"raw": [], "raw_url": [], "service": []}
+    short_keys = [f"assets/bench{i}/original" for i in range(2)]
+    for short_key in short_keys:
+        storage.upload_file(short_key, short, "video/mp4")
+    log(f"warm-up, then {args.rounds} rounds of raw / raw (URL) / service")
+    service_job(storage, short_keys[0], tmp / "job", lone, heights)  # imports, clients
+    load = [os.getloadavg()[0]]
+    for round_no in range(args.rounds):
+        for name, src in (("raw", str(clip)), ("raw_url", url)):
+            wall, used, _ = measured(subprocess.run, raw_argv(src, raw_out, sizes, lone))
+            rows[name].append(wall)
+            cpu[name].append(used)
+        _, used, split = measured(service_job, storage, key, tmp / "job", lone, heights)
+        rows["service"].append(split)
+        cpu["service"].append(used)
+        log(f"round {round_no + 1}: raw {rows['raw'][-1]:.2f} s, service "
+            f"{rows['service'][-1]['total']:.2f} s")
+    load.append(os.getloadavg()[0])
+
+    log("throughput: 2 short clips one at a time, then both at once")
+    pool = {
+        "1 at a time, ffmpeg threads auto": throughput(storage, short_keys, tmp, lone, heights,
+                                                       parallel=False),
+        "2 at once, ffmpeg threads auto": throughput(storage, short_keys, tmp, 0, heights,
+                                                     parallel=True),
+        f"2 at once, threads {max(1, cores // 2)} each": throughput(
+            storage, short_keys, tmp, max(1, cores // 2), heights, parallel=True),
+    }
+    return report(args, cores, sizes, rows, cpu, pool, load)
+
+
+def throughput(storage, keys, tmp: Path, threads: int, heights, parallel: bool
+               ) -> tuple[float, float]:
+    """Clips per minute, and CPU seconds per clip, for the whole job over `keys`, run in
+    turn or all at once."""
+    jobs = [lambda k=k, i=i: service_job(storage, k, tmp / f"pool{i}", threads, heights)
+            for i, k in enumerate(keys)]
+    cpu = cpu_now()
+    started = time.perf_counter()
+    if parallel:
+        workers = [threading.Thread(target=job) for job in jobs]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    else:
+        for job in jobs:
+            job()
+    return len(keys) * 60 / (time.perf_counter() - started), (cpu_now() - cpu) / len(keys)
+
+
+def report(args, cores: int, sizes, rows: dict, cpu: dict, pool: dict, load) -> int:
+    raw_best, raw_median = min(rows["raw"]), statistics.median(rows["raw"])
+    url_best = min(rows["raw_url"])
+    best = min(rows["service"], key=lambda r: r["total"])
+    median_total = statistics.median(r["total"] for r in rows["service"])
+    raw_cpu = min(cpu["raw"])
+    ladder = ", ".join(f"{name} {w}x{h}" for name, w, h in sizes)
+    print(f"\nVideo job on a {args.seconds} s 1080p30 H.264+AAC clip (~20 Mb/s), {cores} cores, "
+          f"{args.rounds} alternating rounds; renditions: {ladder}")
+    print(f"load average (1 min) {load[0]:.2f} before the rounds, {load[1]:.2f} after; "
+          "other load on the machine moves wall times, CPU seconds much less")
+    print(f"{'contender':<36}{'best s':>9}{'median s':>10}{'x raw':>8}{'CPU s':>8}{'x raw':>7}")
+    print(f"{'raw ffmpeg, local file':<36}{raw_best:>9.2f}{raw_median:>10.2f}{1:>8.2f}"
+          f"{raw_cpu:>8.1f}{1:>7.2f}")
+    print(f"{'raw ffmpeg, presigned S3 URL':<36}{url_best:>9.2f}"
+          f"{statistics.median(rows['raw_url']):>10.2f}{url_best / raw_best:>8.2f}"
+          f"{min(cpu['raw_url']):>8.1f}{min(cpu['raw_url']) / raw_cpu:>7.2f}")
+    print(f"{'service job (fetch..upload)':<36}{best['total']:>9.2f}{median_total:>10.2f}"
+          f"{best['total'] / raw_best:>8.2f}{min(cpu['service']):>8.1f}"
+          f"{min(cpu['service']) / raw_cpu:>7.2f}")
+    for stage in ("fetch", "probe", "transcode", "poster", "upload"):
+        median = statistics.median(r[stage] for r in rows["service"])
+        print(f"{'  ' + stage:<36}{best[stage]:>9.2f}{median:>10.2f}"
+              f"{best[stage] / raw_best:>8.3f}")
+    print(f"\nPool throughput, whole job on {args.throughput_seconds} s 1080p30 clips:")
+    base, base_cpu = next(iter(pool.values()))
+    print(f"{'':<36}{'clips/min':>10}{'x':>7}{'CPU s/clip':>12}{'x':>7}")
+    for name, (per_minute, cpu) in pool.items():
+        print(f"{name:<36}{per_minute:>10.2f}{per_minute / base:>7.2f}{cpu:>12.1f}"
+              f"{cpu / base_cpu:>7.2f}")
+    ratio = best["total"] / raw_best
+    ok = ratio <= TARGET
+    print(f"\n{'PASS' if ok else 'FAIL'}: service {ratio:.3f}x raw ffmpeg (target <= {TARGET})")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=20, help="clip length (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
+    parser.add_argument("--throughput-seconds", type=int, default=10,
+                        help="length of the clips for the throughput runs (default 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    if args.seconds < 1 or args.rounds < 1 or args.throughput_seconds < 1:
+        parser.error("--seconds, --rounds and --throughput-seconds must be at least 1")
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, on_signal)
+    signal.alarm(int(300 + args.rounds * args.seconds * 12 + args.throughput_seconds * 24))
+    tmp = Path(tempfile.mkdtemp(prefix="mediamill-bench-video-"))
+    procs = Processes()
+    try:
+        return run(args, tmp, procs)
+    except Exception as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        return 2
+    finally:
+        signal.alarm(0)
+        procs.stop_all()
+        for ram in _RAM_DIRS:
+            shutil.rmtree(ram, ignore_errors=True)
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
