@@ -317,14 +317,16 @@ def _run(argv: list[str], timeout: float | None) -> None:
 
 def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
-                       timeout: float | None) -> None:
+                       timeout: float | None, background: bool = False) -> None:
     """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog kills it at
     `timeout` even if it prints nothing, any way out of here kills it, and so does the
-    death of this process (a hard time limit or a cold worker shutdown)."""
+    death of this process (a hard time limit or a cold worker shutdown). A `background`
+    run (a transcode) yields the CPU to thumbnails, metadata and the web on a shared
+    machine; alone on its machine it loses nothing."""
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_in_background if background else _die_with_parent)
         expired = threading.Event()
         watchdog = threading.Timer(timeout, _expire, [proc, expired]) if timeout else None
         if watchdog:
@@ -360,6 +362,7 @@ def _load_prctl():
 # Looked up once, here: the child between fork and exec should call, not load libraries.
 _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
+BACKGROUND_NICE = 19
 
 
 def _die_with_parent() -> None:
@@ -368,6 +371,12 @@ def _die_with_parent() -> None:
     means Celery's kill of the pool child would otherwise leave it running."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _in_background() -> None:
+    """_die_with_parent, at the lowest CPU priority."""
+    _die_with_parent()
+    os.nice(BACKGROUND_NICE)
 
 
 def _expire(proc: subprocess.Popen, expired: threading.Event) -> None:
