@@ -137,3 +137,39 @@ def test_s3_unreachable_for_10s_during_processing_loses_nothing(make_stack, s3_e
         assert retried, "the outage never hit a job: the test proved nothing"
     finally:
         proxy.close()
+
+
+def test_workers_keep_serving_after_a_hostile_corpus(make_stack, corpus):
+    stack = make_stack()
+    key = stack.create_key("alice")
+    client = stack.client()
+    mp4_head = (corpus / "video/fire2.mp4").read_bytes()[:32]
+    hostile = [
+        ("bomb.gif", (corpus / "images/pillow/decompression_bomb.gif").read_bytes()),
+        ("truncated.jpg", (corpus / "images/pillow/truncated_jpeg.jpg").read_bytes()),
+        ("truncated.png", (corpus / "images/pillow/truncated_image.png").read_bytes()),
+        ("corrupted.jpg", (corpus / "images/broken/corrupted.jpg").read_bytes()),
+        ("photo.mp4", (corpus / "images/camera/DSCN0010.jpg").read_bytes()),  # mislabelled
+        ("clip.jpg", (corpus / "video/example.mp4").read_bytes()),  # mislabelled
+        ("../../../../etc/passwd", (corpus / "images/camera/no_exif.jpg").read_bytes()),
+        ("fake.mp4", mp4_head + b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\nfile:///etc/passwd\n" * 50),
+        ("moov.mp4", mp4_head + b"\0\0\0\x10moov\xff\xff\xff\xff" + b"\0" * 4000),
+        ("playlist.m3u8", b"#EXTM3U\n#EXTINF:10,\nfile:///etc/passwd\n"),
+        ("empty.jpg", b""),
+    ]
+    accepted = []
+    for name, body in hostile:
+        answer = upload(client, key, data=body, filename=name)
+        assert answer.status_code in (202, 400, 415), (name, answer.status_code)
+        if answer.status_code == 202:
+            assert answer.json["filename"] == name
+            accepted.append(answer.json["id"])
+    for asset_id in accepted:
+        done = wait_final(client, key, asset_id, timeout=120)
+        for job in done["jobs"].values():
+            assert "/etc/passwd" not in (job["error"] or "") and "root:" not in str(done)
+    ok = upload(client, key, corpus / "images/orientation/Portrait_3.jpg").json["id"]
+    assert wait_final(client, key, ok)["status"] == "completed"
+    assert all(proc.poll() is None for proc in stack.workers.values())
+    stored = {p.as_posix() for p in (stack.tmp / "storage").rglob("*") if p.is_file()}
+    assert all("/assets/" in path and ".." not in path for path in stored)
