@@ -8,7 +8,6 @@ import math
 import numbers
 import re
 from datetime import datetime
-from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,7 +67,8 @@ def video_metadata(src: Path) -> dict:
         "video_codec": v.get("codec_name"),
         "video_profile": _known(v.get("profile")),
         "video_bit_rate": _int(v.get("bit_rate")),
-        "frame_rate": _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate")),
+        "frame_rate": (video.frame_rate(v.get("avg_frame_rate"))
+                       or video.frame_rate(v.get("r_frame_rate"))),
         "pixel_format": v.get("pix_fmt"),
         "audio_codec": a.get("codec_name"),
         "audio_profile": _known(a.get("profile")),
@@ -217,14 +217,6 @@ def _json_value(value):
     if isinstance(value, tuple) and len(value) <= 4:
         return [v for v in (_json_value(x) for x in value) if v is not None] or None
     return None
-
-
-def _rate(value: str | None) -> float | None:
-    try:
-        rate = float(Fraction(value))
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return round(rate, 3) if rate > 0 else None
 
 
 def _int(value) -> int | None:

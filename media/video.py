@@ -211,7 +211,7 @@ def _index(stream: dict | None, default: str) -> str:
 
 
 def _frame_rate_capped(picture, info: Probe):
-    rate = _rate(info.video.get("avg_frame_rate")) or 0.0
+    rate = frame_rate(info.video.get("avg_frame_rate")) or 0.0
     return picture.filter("fps", MAX_FPS) if rate > MAX_FPS else picture
 
 
@@ -399,7 +399,8 @@ def _rotation(stream: dict) -> int:
     return int(float(rotate)) % 360 if rotate else 0
 
 
-def _rate(value: str | None) -> float | None:
+def frame_rate(value: str | None) -> float | None:
+    """ffprobe's "30000/1001" as 29.97; None for "0/0" or garbage."""
     try:
         rate = float(Fraction(value))
     except (TypeError, ValueError, ZeroDivisionError):
