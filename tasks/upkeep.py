@@ -8,12 +8,14 @@ from celery import shared_task
 from sqlalchemy import delete, select
 
 from media import assets
-from media.records import Asset, DirectUpload, utcnow
+from media.records import Asset, Delivery, DirectUpload, IdempotencyKey, utcnow
 from media.services import Services
 from tasks.pipeline import enqueue
 
 PURGE_BATCH = 100
 ABANDONED_AFTER = timedelta(hours=24)
+PRUNE_BATCH = 1000
+DELIVERY_LOG_KEPT = timedelta(days=30)
 SEND_BATCH = 500
 
 
@@ -39,7 +41,7 @@ def sweep(self) -> dict:
         jobs += assets.stale_running(session, stale, SEND_BATCH)
     enqueue(self.app, jobs)
     return {"resent": len(jobs), "purged": _purge_deleted(services),
-            "abandoned": _abort_abandoned(services)}
+            "abandoned": _abort_abandoned(services), **_prune(services)}
 
 
 def _purge_deleted(services: Services) -> int:
@@ -66,6 +68,27 @@ def _abort_abandoned(services: Services) -> int:
                 services.storage.abort_multipart(upload.key, upload.storage_upload_id)
             upload.status = "aborted"
     return len(stale)
+
+
+def _prune(services: Services) -> dict[str, int]:
+    """Forget idempotency keys past their 24 h and finished deliveries past 30 days."""
+    now = utcnow()
+    with services.db.session() as session:
+        keys = _delete_some(session, IdempotencyKey, IdempotencyKey.created_at
+                            < now - assets.IDEMPOTENCY_TTL)
+        done = Delivery.status.in_(("delivered", "failed"))
+        logs = _delete_some(session, Delivery, done & (Delivery.created_at
+                                                       < now - DELIVERY_LOG_KEPT))
+    return {"idempotency_keys": keys, "delivery_logs": logs}
+
+
+def _delete_some(session, model, condition) -> int:
+    """Delete at most PRUNE_BATCH rows matching `condition` (oldest first)."""
+    ids = select(model.created_at).where(condition).order_by(model.created_at)
+    cutoff = session.scalars(ids.offset(PRUNE_BATCH - 1).limit(1)).first()
+    if cutoff is not None:
+        condition = condition & (model.created_at <= cutoff)
+    return session.execute(delete(model).where(condition)).rowcount
 
 
 def purge_asset(services: Services, asset_id: str) -> int:

@@ -280,3 +280,31 @@ def test_malformed_multipart_is_400(api, body):
     assert_problem(response, 400)
     storage = Path(api.extensions["mediamill"].settings.storage_url[7:])
     assert not any(p.is_file() for p in storage.rglob("*"))
+
+
+def test_sweep_forgets_old_idempotency_keys_and_delivery_logs(api):
+    from datetime import timedelta
+
+    from media.records import Delivery, IdempotencyKey, utcnow
+
+    client, key = api.test_client(), new_key(api, "alice")
+    first = upload(client, key, data=jpeg(), headers={"Idempotency-Key": "k1"}).json
+    services = api.extensions["mediamill"]
+    with services.db.session() as session:
+        record = session.query(IdempotencyKey).one()
+        record.created_at = utcnow() - timedelta(hours=25)
+        tenant_id = record.tenant_id
+        for age, status in ((40, "delivered"), (40, "pending"), (5, "failed")):
+            session.add(Delivery(message_id="m", tenant_id=tenant_id, asset_id=first["id"],
+                                 url="https://example.com", event_type="asset.completed",
+                                 body="{}", status=status,
+                                 created_at=utcnow() - timedelta(days=age)))
+    celery_app = api.extensions["celery"]
+    celery_app.loader.import_default_modules()
+    swept = celery_app.tasks["upkeep.sweep"].apply().get()
+    assert (swept["idempotency_keys"], swept["delivery_logs"]) == (1, 1)
+    with services.db.session() as session:
+        assert session.query(IdempotencyKey).count() == 0
+        assert sorted(d.status for d in session.query(Delivery)) == ["failed", "pending"]
+    again = upload(client, key, data=jpeg(), headers={"Idempotency-Key": "k1"}).json
+    assert again["id"] != first["id"]  # the key is free again after 24 h
