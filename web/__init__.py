@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         settings = load()
     from tasks import make_celery
-    from web import cli, errors, files, health, metrics, site
+    from web import cli, errors, files, health, metrics, openapi, site
     from web.api import assets, events, uploads, webhooks
 
     app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
@@ -26,8 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.db.upgrade()
     app.extensions["mediamill"] = services
     app.extensions["celery"] = celery_app
-    for blueprint in (assets.bp, events.bp, webhooks.bp, health.bp, metrics.bp, files.bp,
-                      site.bp, uploads.bp, uploads.parts_bp):
+    for blueprint in (assets.bp, events.bp, webhooks.bp, uploads.bp, uploads.parts_bp,
+                      health.bp, metrics.bp, openapi.bp, files.bp, site.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     cli.register(app)
