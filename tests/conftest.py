@@ -69,21 +69,25 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A private redis-server on a free port; yields its base URL (add /N for a db)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make install provides it)")
     port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}"
+    stop(proc)
+
+
+def start_redis(port: int, directory: Path) -> subprocess.Popen:
+    """A redis-server on `port` that keeps nothing on disk, answering when this returns."""
     import redis
 
-    url = f"redis://127.0.0.1:{port}"
-    wait_for(lambda: redis.Redis.from_url(url).ping(), what="redis-server")
-    yield url
-    stop(proc)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: redis.Redis(port=port).ping(), what="redis-server")
+    return proc
 
 
 @pytest.fixture(scope="session")

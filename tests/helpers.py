@@ -9,6 +9,17 @@ from urllib.parse import urlsplit
 import requests
 
 
+def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    """A small solid-colour JPEG; different colours give different files."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "JPEG")
+    return out.getvalue()
+
+
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 

@@ -10,19 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from config.settings import Settings
 from tests.conftest import ROOT, stack_env
-from tests.helpers import auth, upload
+from tests.helpers import auth, jpeg, upload
 
 pytestmark = pytest.mark.integration
-
-
-def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "JPEG")
-    return out.getvalue()
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from media.records import Job
-from tests.conftest import wait_for
-from tests.helpers import auth, upload, wait_final
+from tests.conftest import start_redis, wait_for
+from tests.helpers import auth, jpeg, upload, wait_final
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -61,26 +61,6 @@ def test_video_worker_killed_mid_transcode_loses_nothing(make_stack, corpus):
         receiver.stop()
 
 
-def small_jpeg(i: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (48, 32), (i * 7 % 256, 40, 90)).save(out, "JPEG")
-    return out.getvalue()
-
-
-def start_redis(port: int, tmp) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    wait_for(lambda: redis.Redis(port=port).ping(), what="redis-server")
-    return proc
-
-
 def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path):
     # A Redis of its own, stopped without saving: queued messages die with it.
     from tests.conftest import free_port
@@ -101,7 +81,8 @@ def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path
             if i == 20:
                 time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
                 redis_proc = start_redis(port, tmp_path)
-            answer = upload(client, key, data=small_jpeg(i), filename=f"{i}.jpg")
+            image = jpeg(color=(i * 7 % 256, 40, 90))
+            answer = upload(client, key, data=image, filename=f"{i}.jpg")
             assert answer.status_code == 202, answer.data[:300]  # accepted, never a 500
             ids.append(answer.json["id"])
         for asset_id in ids:

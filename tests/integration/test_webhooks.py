@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import Counter
 
 import pytest
-from PIL import Image
 from standardwebhooks import Webhook
 
 from tests.conftest import free_port, wait_for
-from tests.helpers import auth, upload, wait_final
+from tests.helpers import auth, jpeg, upload, wait_final
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -29,9 +27,7 @@ def receiver():
 
 
 def small_jpeg(i: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (40, 30), (i * 5 % 256, 90, 200)).save(out, "JPEG")
-    return out.getvalue()
+    return jpeg(color=(i * 5 % 256, 90, 200), size=(40, 30))
 
 
 def test_completed_event_is_signed_once_per_event(make_stack, receiver, corpus):
