@@ -201,7 +201,7 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     cmd = (ffmpeg.merge_outputs(*outputs)
            .global_args(*_QUIET, "-progress", "pipe:1", "-nostats")
            .overwrite_output())
-    _run_with_progress(cmd.compile(), info.duration, on_progress, timeout)
+    _run_with_progress(cmd.compile(), info.duration, on_progress, timeout, background=True)
 
 
 def _index(stream: dict | None, default: str) -> str:
