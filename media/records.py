@@ -41,6 +41,20 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def asset_prefix(asset_id: str) -> str:
+    """Where every object of an asset is stored; deleting it removes them all."""
+    return f"assets/{asset_id}"
+
+
+def original_key(asset_id: str) -> str:
+    return f"{asset_prefix(asset_id)}/original"
+
+
+def output_key(asset_id: str, filename: str) -> str:
+    """A derivative's fixed key: a re-run overwrites rather than duplicates."""
+    return f"{asset_prefix(asset_id)}/{filename}"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -101,7 +115,7 @@ class Asset(Base):
 
     @property
     def original_key(self) -> str:
-        return f"assets/{self.id}/original"
+        return original_key(self.id)
 
 
 class Job(Base):
@@ -213,7 +227,7 @@ class DirectUpload(Base):
 
     @property
     def key(self) -> str:
-        return f"assets/{self.asset_id}/original"
+        return original_key(self.asset_id)
 
 
 class Database:

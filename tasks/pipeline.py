@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.logging import context as log_context
 from media import assets
 from media.errors import MediaError, TransientError
+from media.records import asset_prefix, original_key, output_key
 from media.services import Services
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ class JobTask(Task):
         else:
             reason = (f"Processing failed unexpectedly ({type(exc).__name__}); reprocess the "
                       f"asset, and report task {task_id} if it happens again.")
-        services = self.app.services
-        with services.db.session() as session:
-            assets.fail_job(session, args[0], reason, services.outbox)
+        _fail(self.app.services, args[0], reason)
 
 
 def enqueue(app, jobs: Iterable) -> None:
@@ -99,7 +98,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
         try:
-            services.storage.download(f"assets/{asset_id}/original", src)
+            services.storage.download(original_key(asset_id), src)
             result = work(Context(asset_id, kind, sha256, src, out_dir, services,
                                   _progress_writer(services, job_id)))
         except FileNotFoundError:
@@ -115,7 +114,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         asset = assets.complete_job(session, job_id, outputs, result.meta, services.outbox)
         gone = asset is None or asset.deleted_at is not None
     if gone:  # deleted while we worked: do not leave our outputs behind
-        services.storage.delete_prefix(f"assets/{asset_id}")
+        services.storage.delete_prefix(asset_prefix(asset_id))
         return "discarded"
     return "completed"
 
@@ -152,7 +151,7 @@ def _stale(services: Services) -> timedelta:
 
 def _store(services: Services, asset_id: str, name: str, path: Path, content_type: str,
            extra: dict) -> dict:
-    key = f"assets/{asset_id}/{path.name}"
+    key = output_key(asset_id, path.name)
     services.storage.upload_file(key, path, content_type)
     return {"name": name, "content_type": content_type, "size": path.stat().st_size,
             "key": key, **extra}

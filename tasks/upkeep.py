@@ -8,7 +8,14 @@ from celery import shared_task
 from sqlalchemy import delete, select
 
 from media import assets
-from media.records import Asset, Delivery, DirectUpload, IdempotencyKey, utcnow
+from media.records import (
+    Asset,
+    Delivery,
+    DirectUpload,
+    IdempotencyKey,
+    asset_prefix,
+    utcnow,
+)
 from media.services import Services
 from tasks.pipeline import enqueue
 
@@ -93,7 +100,7 @@ def _delete_some(session, model, condition) -> int:
 
 def purge_asset(services: Services, asset_id: str) -> int:
     """Remove the objects of a deleted asset, then its row; return the objects removed."""
-    count = services.storage.delete_prefix(f"assets/{asset_id}")
+    count = services.storage.delete_prefix(asset_prefix(asset_id))
     with services.db.session() as session:
         session.execute(delete(Asset).where(Asset.id == asset_id, Asset.deleted_at.is_not(None)))
     return count

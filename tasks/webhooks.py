@@ -36,6 +36,5 @@ def dispatch(self) -> int:
     broker ETAs). Bounded per run; safe to run twice."""
     with self.app.services.db.session() as session:
         ids = deliveries.due(session, DISPATCH_BATCH)
-    for delivery_id in ids:
-        self.app.send_task("webhooks.deliver", args=[delivery_id])
+    self.app.services.outbox.send(ids)
     return len(ids)

@@ -25,8 +25,7 @@ def register(app: Flask) -> None:
     @app.cli.command("release")
     def release_command() -> None:
         """Bring the schema up to date and make sure the bucket exists (run before deploys)."""
-        s = services()
-        s.db.upgrade()
+        s = services()  # building the app has already run every pending migration
         click.echo("database schema is up to date")
         if isinstance(s.storage, S3Storage):
             created = s.storage.ensure_bucket()

@@ -26,9 +26,9 @@ from sqlalchemy import select
 
 from media import assets, deliveries
 from media.keys import tenant_for_key
-from media.records import Delivery
+from media.records import Delivery, after_commit
 from tasks.pipeline import enqueue
-from web.api.assets import _json, _send
+from web.api.assets import _json
 from web.api.uploads import MIN_PART_SIZE
 from web.extensions import celery, services
 
@@ -198,7 +198,7 @@ def reprocess(asset_id: str):
         if asset is None:
             abort(404)
         jobs = assets.reprocess(db, asset, services().outbox)
-    _send(lambda: enqueue(celery(), jobs))
+        after_commit(db, lambda: enqueue(celery(), jobs))
     return redirect(url_for("site.detail", asset_id=asset_id))
 
 
@@ -211,7 +211,7 @@ def delete(asset_id: str):
         if asset is None:
             abort(404)
         assets.mark_deleted(db, asset)
-    _send(lambda: celery().send_task("upkeep.purge", args=[asset_id]))
+        after_commit(db, lambda: celery().send_task("upkeep.purge", args=[asset_id]))
     return redirect(url_for("site.gallery"))
 
 

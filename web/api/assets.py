@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, Response, g, jsonify, request
-from kombu.exceptions import OperationalError
 from sqlalchemy.exc import IntegrityError
 from werkzeug.http import parse_options_header
 
 from media import assets
 from media.errors import UnsupportedMedia
-from media.records import IdempotencyKey, new_id
+from media.records import IdempotencyKey, after_commit, asset_prefix, new_id, original_key
 from media.sniff import SNIFF_BYTES, sniff
 from tasks.pipeline import enqueue
 from web.api.webhooks import check_target
@@ -21,7 +18,6 @@ from web.extensions import base_url, celery, services
 from web.streaming import HashingStream, MalformedBody, MultipartReader, Part, TooLarge
 
 bp = Blueprint("assets", __name__, url_prefix="/api/v1/assets")
-log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
 FIELD_LIMIT = 8 * 1024
@@ -53,13 +49,11 @@ def create():
         if replay is not None:
             return _replay(replay, upload.sha256)
         return _record(asset_id, upload, webhook_url, idempotency_key)
-    except MalformedBody as exc:
+    except BaseException as exc:
         if stored:
-            services().storage.delete_prefix(f"assets/{asset_id}")
-        raise _malformed(exc) from None
-    except BaseException:
-        if stored:
-            services().storage.delete_prefix(f"assets/{asset_id}")
+            services().storage.delete_prefix(asset_prefix(asset_id))
+        if isinstance(exc, MalformedBody):
+            raise _malformed(exc) from None
         raise
 
 
@@ -98,7 +92,7 @@ def destroy(asset_id: str):
     with services().db.session() as session:
         asset = _get_or_404(session, asset_id)
         assets.mark_deleted(session, asset)
-    _send(lambda: celery().send_task("upkeep.purge", args=[asset_id]))
+        after_commit(session, lambda: celery().send_task("upkeep.purge", args=[asset_id]))
     return Response(status=204)
 
 
@@ -109,7 +103,7 @@ def reprocess(asset_id: str):
     with services().db.session() as session:
         asset = _get_or_404(session, asset_id)
         jobs = assets.reprocess(session, asset, services().outbox)
-    _send(lambda: enqueue(celery(), jobs))
+        after_commit(session, lambda: enqueue(celery(), jobs))
     with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
 
@@ -130,7 +124,7 @@ def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Uploa
             raise Problem(400, "Empty file", "The uploaded file is empty.")
         found = sniff(stream.head)
         if store:
-            services().storage.upload(f"assets/{asset_id}/original", stream, found.content_type)
+            services().storage.upload(original_key(asset_id), stream, found.content_type)
         digest = stream.finish()
     except UnsupportedMedia as exc:
         raise Problem(415, "Unsupported Media Type", str(exc)) from None
@@ -151,10 +145,10 @@ def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
                                            sha256=upload.sha256, asset_id=asset_id,
                                            status_code=202))
             jobs = list(asset.jobs)
+            after_commit(session, lambda: enqueue(celery(), jobs))
     except IntegrityError:  # the same key raced us and won: answer as a replay
-        services().storage.delete_prefix(f"assets/{asset_id}")
+        services().storage.delete_prefix(asset_prefix(asset_id))
         return _replay(_idempotent_record(idempotency_key), upload.sha256)
-    _send(lambda: enqueue(celery(), jobs))
     with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
 
@@ -183,15 +177,6 @@ def _webhook_url(value: str | None) -> str | None:
         return None
     check_target(value.strip())
     return value.strip()
-
-
-def _send(send) -> None:
-    """Hand messages to the broker; if it is down the records stay queued and beat's sweep
-    sends them later, so the request still succeeds."""
-    try:
-        send()
-    except (OperationalError, OSError):
-        log.exception("broker unavailable; the sweep will enqueue later")
 
 
 def _get_or_404(session, asset_id: str):

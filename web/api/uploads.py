@@ -15,11 +15,11 @@ from sqlalchemy import select
 
 from media import assets
 from media.errors import UnsupportedMedia
-from media.records import DirectUpload, new_id, utcnow
+from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcnow
 from media.sniff import SNIFF_BYTES, sniff
 from media.storage import MAX_PARTS, BadParts, FileStorage
 from tasks.pipeline import enqueue
-from web.api.assets import _json, _send, _too_large, _webhook_url
+from web.api.assets import _json, _too_large, _webhook_url
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import base_url, celery, services
@@ -113,7 +113,7 @@ def complete(upload_id: str):
     try:
         found, size, sha256 = _inspect(upload)
     except BaseException:
-        storage.delete_prefix(f"assets/{upload.asset_id}")
+        storage.delete_prefix(asset_prefix(upload.asset_id))
         _finish(upload.id, "aborted")
         raise
     stored = assets.Upload(upload.asset_id, found.kind, found.content_type, upload.filename,
@@ -123,7 +123,7 @@ def complete(upload_id: str):
         row = session.get(DirectUpload, upload.id, with_for_update=True)
         row.status, row.completed_at = "completed", utcnow()
         jobs = list(asset.jobs)
-    _send(lambda: enqueue(celery(), jobs))
+        after_commit(session, lambda: enqueue(celery(), jobs))
     return _asset_answer(upload.asset_id)
 
 

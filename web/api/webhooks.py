@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from media import deliveries
 from media.assets import rfc3339
-from media.records import Delivery, Webhook
+from media.records import Delivery, Webhook, after_commit
 from media.webhooks import EVENT_TYPES, RefusedTarget, check_url
 from web.auth import require_tenant
 from web.errors import Problem
@@ -80,7 +80,7 @@ def redeliver(delivery_id: str):
             raise Problem(404, "Not Found", f"No delivery {delivery_id!r} for this API key.")
         deliveries.redeliver(session, delivery)
         answer = deliveries.to_json(delivery)
-    celery().send_task("webhooks.deliver", args=[delivery_id])
+        after_commit(session, lambda: celery().send_task("webhooks.deliver", args=[delivery_id]))
     return jsonify(answer), 202
 
 
