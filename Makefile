@@ -37,12 +37,18 @@ $(VENV)/.installed: pyproject.toml
 
 # What the test suite talks to beyond its own private redis-server and moto_server:
 # PostgreSQL (for the DATABASE_URL=postgresql:// tests), started when installed but down,
-# and a chromium for the browser tests (tests/browser), installed with apt as root.
+# a chromium for the browser tests (tests/browser) and docker-compose to validate
+# docker/compose.yaml, installed with apt as root.
 test-services:
 	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo "Installing chromium"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "make test: no chromium (apt-get install chromium, or brew install --cask chromium); the browser tests will be skipped" >&2; fi; \
+	fi
+	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing docker-compose (validates docker/compose.yaml)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+		else echo "make test: no docker compose (apt-get install docker-compose); the compose check will be skipped" >&2; fi; \
 	fi
 	@if ! pg_isready -q -h 127.0.0.1 2>/dev/null; then \
 		if ! command -v pg_ctlcluster >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

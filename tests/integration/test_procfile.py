@@ -17,14 +17,15 @@ from tests.conftest import BIN, ROOT, free_port, stack_env, wait_for
 
 pytestmark = pytest.mark.integration
 
-PROCESSES = ("web", "thumbnails", "video", "metadata", "webhooks", "beat")
+PROCESSES = ("web", "thumbnails", "video", "metadata", "webhooks", "beat", "flower")
 
 
 def test_procfile_runs_the_whole_service(tmp_path, redis_server, corpus):
     env = stack_env(tmp_path, redis_server, 13, f"sqlite:///{tmp_path / 'db.sqlite'}",
                     f"file://{tmp_path / 'storage'}")
     env["PATH"] = f"{BIN}:{env['PATH']}"
-    port = free_port()
+    port, flower_port = free_port(), free_port()
+    env.update(FLOWER_BASIC_AUTH="ops:flower-secret", FLOWER_PORT=str(flower_port))
     release = subprocess.run(["flask", "--app", "web", "release"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert release.returncode == 0, release.stderr
@@ -63,6 +64,14 @@ def test_procfile_runs_the_whole_service(tmp_path, redis_server, corpus):
         swept = re.compile(r"Task upkeep\.sweep\[[0-9a-f-]+\] succeeded")
         wait_for(lambda: swept.search(_log(tmp_path)), timeout=60, interval=1,
                  what="beat's first sweep")
+        # Flower, the optional process: behind its basic auth, it sees every pool.
+        flower = f"http://127.0.0.1:{flower_port}"
+        assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
+        pools = {"thumbnails", "video", "metadata", "webhooks"}
+        seen = wait_for(lambda: pools <= {name.split("@")[0] for name in requests.get(
+            f"{flower}/api/workers", params={"refresh": 1}, auth=("ops", "flower-secret"),
+            timeout=10).json()}, timeout=60, interval=1, what="Flower listing every pool")
+        assert seen
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         try:
