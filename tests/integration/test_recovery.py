@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -19,12 +21,26 @@ from tests.receiver import Receiver
 pytestmark = pytest.mark.integration
 
 
-def ffmpeg_pids() -> set[int]:
+def ffmpeg_pids(env: dict) -> set[int]:
+    """The ffmpeg processes started by the stack whose environment is `env` (its HOME is
+    the test's own folder), not those of anything else running on the machine."""
     out = subprocess.run(["pgrep", "-x", "ffmpeg"], capture_output=True, text=True).stdout
-    return {int(pid) for pid in out.split()}
+    mine = f"HOME={env['HOME']}".encode()
+    pids = set()
+    for pid in map(int, out.split()):
+        with contextlib.suppress(OSError):
+            if mine in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                pids.add(pid)
+    return pids
 
 
-def test_video_worker_killed_mid_transcode_loses_nothing(make_stack, corpus):
+def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(make_stack,
+                                                                             corpus):
+    """20 clips in flight while the video pool is stopped three ways, as platforms do:
+    SIGTERM to the worker alone (docker stop, systemd): the running transcode finishes;
+    SIGTERM to its whole process group (honcho, Heroku): the transcode is put back;
+    SIGKILL to the group (OOM killer, kill -9): beat's sweep sends it again.
+    All 20 complete, each with exactly one asset.completed webhook, and no ffmpeg is left."""
     receiver = Receiver().start()
     try:
         stack = make_stack(extra_env={"MEDIAMILL_JOB_STALE_SECONDS": "6",
@@ -33,27 +49,49 @@ def test_video_worker_killed_mid_transcode_loses_nothing(make_stack, corpus):
         client = stack.client()
         client.post("/api/v1/webhooks", headers=auth(key),
                     json={"url": receiver.url, "events": ["asset.completed"]})
-        ids = [upload(client, key, corpus / "video/smpte-2997.mp4").json["id"] for _ in range(3)]
+        clip = corpus / "video/chaplin.mp4"  # 9.6 s, 640x360, H.264 + MP3
+        ids = [upload(client, key, clip, filename=f"clip{i}.mp4").json["id"] for i in range(20)]
         db = stack.app.extensions["mediamill"].db
 
-        def transcoding():
+        def video_job(job_id=None):
             with db.session(read_only=True) as session:
-                return session.scalar(select(Job).where(Job.kind == "video",
-                                                        Job.status == "processing"))
+                if job_id:
+                    return session.get(Job, job_id)
+                return session.scalar(select(Job).where(
+                    Job.kind == "video", Job.status == "processing", Job.progress > 0.05,
+                    Job.progress < 0.8))
 
-        wait_for(transcoding, timeout=60, interval=0.2, what="a transcode in progress")
-        children = wait_for(ffmpeg_pids, timeout=20, interval=0.1, what="ffmpeg running")
-        victim = stack.workers["video"]
-        os.killpg(victim.pid, signal.SIGKILL)  # the worker, its pool and whatever they ran
-        victim.wait()
-        time.sleep(2)
-        assert not children & ffmpeg_pids(), "ffmpeg outlived its killed worker"
-        stack.start_worker("video")
+        def stop(how: str) -> Job:
+            """Stop the video pool mid-transcode `how`; return the job it was running."""
+            running = wait_for(video_job, timeout=120, interval=0.05,
+                               what="a transcode under way")
+            children = wait_for(lambda: ffmpeg_pids(stack.env), timeout=20, interval=0.05,
+                                what="ffmpeg running")
+            victim = stack.workers["video"]
+            if how == "term":
+                os.kill(victim.pid, signal.SIGTERM)
+            else:
+                os.killpg(victim.pid, signal.SIGTERM if how == "term-group" else signal.SIGKILL)
+            code = victim.wait(timeout=120)
+            if how == "term":
+                assert code == 0, f"warm shutdown ended with {code}"
+            time.sleep(1)
+            assert not children & ffmpeg_pids(stack.env), f"ffmpeg outlived its worker ({how})"
+            stack.start_worker("video")
+            return running
+
+        finished = stop("term")
+        done = video_job(finished.id)
+        assert (done.status, done.attempts) == ("completed", 1), "warm stop cut the transcode"
+        put_back = stop("term-group")
+        killed = stop("kill")
         for asset_id in ids:
-            done = wait_final(client, key, asset_id, timeout=240)
-            assert done["status"] == "completed", done["jobs"]
-        wait_for(lambda: len(receiver.of_type("asset.completed")) >= 3, timeout=60,
-                 what="three asset.completed webhooks")
+            final = wait_final(client, key, asset_id, timeout=300)
+            assert final["status"] == "completed", final["jobs"]
+        for job in (put_back, killed):
+            assert video_job(job.id).attempts == 2, "the interrupted transcode ran once only"
+        wait_for(lambda: len(receiver.of_type("asset.completed")) >= 20, timeout=60,
+                 what="20 asset.completed webhooks")
         time.sleep(2)
         got = Counter(r.json["data"]["id"] for r in receiver.of_type("asset.completed"))
         assert got == Counter(ids)
