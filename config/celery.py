@@ -33,7 +33,15 @@ TIME_LIMITS = {
 
 # Redis and SQS redeliver an unacknowledged message after this long; it must exceed the
 # longest hard limit or a long transcode would be handed to a second worker mid-run.
+# SQS accepts at most 12 h, and sets it on a queue when kombu creates the queue.
 VISIBILITY_TIMEOUT = 4 * 3600
+
+# SQS long polling: a receive waits up to 20 s (SQS's maximum) and returns as soon as a
+# message arrives, so an idle consumer costs about 3 requests a minute. kombu then pauses
+# polling_interval seconds; it must not be 0, for a worker whose processes are all busy
+# would re-check for a free slot in a tight loop.
+SQS_WAIT_SECONDS = 20
+SQS_POLLING_INTERVAL = 1
 
 
 def celery_config(settings: Settings) -> dict:
@@ -41,7 +49,7 @@ def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": _transport_options(settings),
+        "broker_transport_options": transport_options(settings),
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "metadata",
         "task_routes": ROUTES,
@@ -65,9 +73,24 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-def _transport_options(settings: Settings) -> dict:
+def transport_options(settings: Settings) -> dict:
+    """kombu's options for the broker in `settings` (every connection must use them)."""
     if settings.broker_kind == "redis":
         return {"visibility_timeout": VISIBILITY_TIMEOUT}
     if settings.broker_kind == "sqs":
-        return {"visibility_timeout": VISIBILITY_TIMEOUT, "region": "us-east-1"}
+        return _sqs_options(settings)
     return {}
+
+
+def _sqs_options(settings: Settings) -> dict:
+    """SQS: the endpoint is the URL's host (plain HTTP, for emulators) or AWS's for the
+    region; credentials are the URL's user:password or boto3's chain, region boto3's."""
+    return {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "queue_name_prefix": settings.sqs_queue_prefix,
+        "wait_time_seconds": SQS_WAIT_SECONDS,
+        "polling_interval": SQS_POLLING_INTERVAL,
+        # botocore waits 60 s per connect attempt, 5 attempts, by default: an upload sending
+        # its jobs to an unreachable SQS should give up soon and leave them to the sweep.
+        "client-config": {"connect_timeout": 5, "retries": {"mode": "standard"}},
+    }

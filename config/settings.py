@@ -56,6 +56,7 @@ class Settings:
     video_renditions: tuple[int, ...] = (1080, 720, 480)  # heights; 720 is always made
     video_hls: bool = False
     ffmpeg_threads: int = 0  # 0: ffmpeg decides for a lone process, else cores / processes
+    sqs_queue_prefix: str = "mediamill-"  # SQS queues are per account: keep ours apart
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], instance_dir: Path | None = None) -> Settings:
@@ -96,6 +97,7 @@ class Settings:
         take("MEDIAMILL_VIDEO_RENDITIONS", "video_renditions", _renditions)
         take("MEDIAMILL_VIDEO_HLS", "video_hls", _flag)
         take("MEDIAMILL_FFMPEG_THREADS", "ffmpeg_threads", _threads)
+        take("MEDIAMILL_SQS_QUEUE_PREFIX", "sqs_queue_prefix", _queue_prefix)
         if errors:
             raise ConfigError("; ".join(errors))
         return cls(**values)
@@ -177,6 +179,13 @@ def _redis_url(value: str) -> str:
 def _broker_url(value: str) -> str:
     if urlsplit(value).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqs"):
         raise ValueError("must be a redis://, amqp:// or sqs:// URL")
+    return value
+
+
+def _queue_prefix(value: str) -> str:
+    # SQS names: letters, digits, - and _, at most 80 with the longest queue ("thumbnails")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,60}", value):
+        raise ValueError("must be up to 60 letters, digits, - or _")
     return value
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from kombu import Connection
 
 from web.errors import problem
 from web.extensions import services
+from web.metrics import queue_depths
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +21,7 @@ def healthz():
 def readyz():
     """Database, broker and storage all answer; 503 names the ones that do not."""
     s = services()
-    checks = {"database": s.db.check, "broker": _broker_check(s.settings.broker_url),
+    checks = {"database": s.db.check, "broker": lambda: queue_depths(s.settings),
               "storage": s.storage.check}
     failed = {}
     for name, check in checks.items():
@@ -33,11 +33,3 @@ def readyz():
         detail = "; ".join(f"{k} unreachable ({v})" for k, v in failed.items())
         return problem(503, "Service Unavailable", detail)
     return jsonify({"status": "ready", "checks": {k: "ok" for k in checks}})
-
-
-def _broker_check(url: str):
-    def check() -> None:
-        with Connection(url, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
-
-    return check

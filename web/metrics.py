@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
-from config.celery import QUEUES
+from config.celery import QUEUES, transport_options
+from config.settings import Settings
 from media.records import Asset, Delivery, Job
 from media.services import Services
 from web.extensions import services
@@ -48,9 +49,8 @@ class Collector:
                                   labels=["queue"])
         up = 1
         try:
-            with Connection(self.s.settings.broker_url, connect_timeout=2) as conn:
-                for queue in QUEUES:
-                    depth.add_metric([queue], _depth(conn, queue))
+            for queue, waiting in queue_depths(self.s.settings).items():
+                depth.add_metric([queue], waiting)
         except Exception:  # any broker failure: report it down rather than fail the scrape
             up = 0
         yield GaugeMetricFamily("mediamill_broker_up", "1 if the broker answered", value=up)
@@ -96,10 +96,26 @@ class Collector:
                                   value=int(size))
 
 
-def _depth(conn: Connection, queue: str) -> int:
-    """Messages in `queue`; a queue not declared yet (nothing sent) holds none."""
-    with conn.channel() as channel:
-        try:
-            return channel.queue_declare(queue, passive=True).message_count
-        except ChannelError:
-            return 0
+def queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting in each queue, asked of the broker (raises when it does not answer).
+    The workers' transport options: on SQS they name the queues (their prefix)."""
+    with Connection(settings.broker_url, connect_timeout=2,
+                    transport_options=transport_options(settings)) as conn:
+        return dict(_depths(conn))
+
+
+def _depths(conn: Connection):
+    """(queue, messages waiting but not being worked on) for each queue, over one channel
+    (on SQS each channel costs a request); a queue not declared yet holds none. On SQS this
+    is ApproximateNumberOfMessages, and a missing queue is created, as a first send would."""
+    channel = conn.channel()
+    try:
+        for queue in QUEUES:
+            try:
+                yield queue, channel.queue_declare(queue, passive=True).message_count
+            except ChannelError:  # RabbitMQ closes the channel of a failed passive declare
+                channel.close()
+                channel = conn.channel()
+                yield queue, 0
+    finally:
+        channel.close()
