@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urljoin
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from media.events import Outbox
 from media.records import Asset, IdempotencyKey, Job, utcnow
 from media.storage import Storage
+from media.timefmt import aware, rfc3339
 
 JOB_KINDS = {"image": ("metadata", "thumbnails"), "video": ("metadata", "thumbnails", "video")}
 FINAL = ("completed", "failed")
@@ -88,7 +89,7 @@ def page(session: Session, tenant_id: str, status: str | None, limit: int,
 
 
 def encode_cursor(asset: Asset) -> str:
-    raw = f"{_aware(asset.created_at).isoformat()}|{asset.id}".encode()
+    raw = f"{aware(asset.created_at).isoformat()}|{asset.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -112,7 +113,7 @@ def start_job(session: Session, job_id: str, worker: str, task_id: str,
         return None
     beat = job.heartbeat_at or job.started_at
     if (job.status == "processing" and job.task_id != task_id and beat
-            and _aware(beat) > utcnow() - stale):
+            and aware(beat) > utcnow() - stale):
         return None
     asset = session.get(Asset, job.asset_id, with_for_update=True)
     if asset is None or asset.deleted_at is not None:
@@ -136,12 +137,7 @@ def beat(session: Session, job_id: str, task_id: str) -> None:
 
 def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:
     """Jobs whose run stopped beating (its worker was killed): put back in the queue."""
-    jobs = list(session.scalars(
-        select(Job).join(Asset)
-        .where(Job.status == "processing", Job.heartbeat_at < utcnow() - stale,
-               Asset.deleted_at.is_(None))
-        .order_by(Job.heartbeat_at).limit(limit).with_for_update(skip_locked=True)
-    ))
+    jobs = _silent(session, "processing", Job.heartbeat_at, stale, limit)
     for job in jobs:
         job.status, job.queued_at = "queued", utcnow()
     return jobs
@@ -150,15 +146,21 @@ def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:
 def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Job]:
     """Jobs still queued long after they were (or should have been) sent; their clock is
     reset so the next sweep does not send them again at once."""
-    jobs = list(session.scalars(
-        select(Job).join(Asset)
-        .where(Job.status == "queued", Job.queued_at < utcnow() - older_than,
-               Asset.deleted_at.is_(None))
-        .order_by(Job.queued_at).limit(limit).with_for_update(skip_locked=True)
-    ))
+    jobs = _silent(session, "queued", Job.queued_at, older_than, limit)
     for job in jobs:
         job.queued_at = utcnow()
     return jobs
+
+
+def _silent(session: Session, status: str, clock: InstrumentedAttribute, age: timedelta,
+            limit: int) -> list[Job]:
+    """Live assets' jobs in `status` whose `clock` is older than `age`, oldest first,
+    locked (rows another sweep holds are skipped)."""
+    return list(session.scalars(
+        select(Job).join(Asset)
+        .where(Job.status == status, clock < utcnow() - age, Asset.deleted_at.is_(None))
+        .order_by(clock).limit(limit).with_for_update(skip_locked=True)
+    ))
 
 
 def set_progress(session: Session, job_id: str, progress: float,
@@ -192,9 +194,10 @@ def complete_job(session: Session, job_id: str, outputs: list[dict],
     before = asset.status
     settle(session, asset)
     if outbox:
-        outbox.state(session, asset, f"asset.{job.kind}.completed")
+        event_types = [f"asset.{job.kind}.completed"]
         if asset.status == "completed" != before:
-            outbox.state(session, asset, "asset.completed")
+            event_types.append("asset.completed")
+        outbox.state(session, asset, *event_types)
     return asset
 
 
@@ -249,7 +252,7 @@ def mark_deleted(session: Session, asset: Asset) -> None:
 def find_idempotent(session: Session, tenant_id: str, key: str) -> IdempotencyKey | None:
     """A still-valid idempotency record for this tenant and key."""
     record = session.get(IdempotencyKey, (tenant_id, key))
-    if record is not None and _aware(record.created_at) < utcnow() - IDEMPOTENCY_TTL:
+    if record is not None and aware(record.created_at) < utcnow() - IDEMPOTENCY_TTL:
         session.delete(record)
         session.flush()
         return None
@@ -284,12 +287,3 @@ def to_json(asset: Asset, storage: Storage, base_url: str, url_ttl: int = 3600) 
         "metadata": asset.meta or {},
         "derivatives": derivatives,
     }
-
-
-def rfc3339(moment: datetime) -> str:
-    return _aware(moment).isoformat().replace("+00:00", "Z")
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

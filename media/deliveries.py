@@ -7,12 +7,13 @@ getting the event twice at the same time; every attempt carries the same webhook
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from media.records import Delivery, utcnow
+from media.timefmt import rfc3339
 from media.webhooks import Attempt, next_attempt
 
 CLAIM = timedelta(seconds=60)  # longer than one attempt's connect + read timeouts
@@ -24,9 +25,7 @@ def claim(session: Session, delivery_id: str) -> Delivery | None:
     now = utcnow()
     taken = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "pending",
-               Delivery.next_attempt_at <= now,
-               or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now))
+        .where(Delivery.id == delivery_id, *_claimable(now))
         .values(claimed_until=now + CLAIM)
     ).rowcount
     return session.get(Delivery, delivery_id) if taken else None
@@ -56,14 +55,19 @@ def due(session: Session, limit: int) -> list[str]:
     now = utcnow()
     rows = list(session.scalars(
         select(Delivery)
-        .where(Delivery.status == "pending", Delivery.next_attempt_at <= now,
-               or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
+        .where(*_claimable(now),
                or_(Delivery.dispatched_at.is_(None), Delivery.dispatched_at < now - REDISPATCH))
         .order_by(Delivery.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
     ))
     for row in rows:
         row.dispatched_at = now
     return [row.id for row in rows]
+
+
+def _claimable(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Pending, due by `now`, and held by no one (or by a claim that has lapsed)."""
+    return (Delivery.status == "pending", Delivery.next_attempt_at <= now,
+            or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now))
 
 
 def redeliver(session: Session, delivery: Delivery) -> None:
@@ -74,8 +78,6 @@ def redeliver(session: Session, delivery: Delivery) -> None:
 
 def to_json(delivery: Delivery) -> dict:
     """The contract's delivery-log entry."""
-    from media.assets import rfc3339
-
     return {
         "id": delivery.id,
         "event_type": delivery.event_type,

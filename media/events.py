@@ -29,25 +29,31 @@ class Outbox:
     publish: Callable[[str, int], None] | None = None  # (asset_id, seq)
     send: Callable[[list[str]], None] | None = None  # delivery ids
 
-    def state(self, session: Session, asset: Asset, event_type: str | None = None) -> None:
-        """Record the asset's current state, and a webhook event of `event_type` if given."""
-        event = self._record(session, asset, "state", event_type)
-        if event_type:
-            ids = _deliveries(session, asset, event_type, event)
+    def state(self, session: Session, asset: Asset, *event_types: str | None) -> None:
+        """Record the asset's current state: one event per webhook type given (each also
+        delivered), or one plain event if none is. The asset JSON is rendered once."""
+        data = None
+        for event_type in event_types or (None,):
+            event = self._record(session, asset, "state", event_type, data)
+            data = event.data
+            ids = _deliveries(session, asset, event_type, event) if event_type else []
             if ids and self.send:
-                after_commit(session, lambda: self.send(ids))
+                after_commit(session, lambda ids=ids: self.send(ids))
 
     def progress(self, session: Session, asset: Asset) -> None:
         """Record a progress change (no webhook)."""
         self._record(session, asset, "progress", None)
 
-    def _record(self, session: Session, asset: Asset, kind: str,
-                event_type: str | None) -> AssetEvent:
+    def _record(self, session: Session, asset: Asset, kind: str, event_type: str | None,
+                data: dict | None = None) -> AssetEvent:
+        """One event with the next sequence number; `data` is the asset JSON when the
+        caller has just rendered it, else it is rendered here."""
         session.flush()
         session.refresh(asset, ["jobs"])
         asset.seq += 1
         event = AssetEvent(asset_id=asset.id, seq=asset.seq, kind=kind, type=event_type,
-                           data=self.render(asset), created_at=utcnow())
+                           data=self.render(asset) if data is None else data,
+                           created_at=utcnow())
         session.add(event)
         session.flush()
         if self.publish:

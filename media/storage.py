@@ -129,17 +129,12 @@ class FileStorage:
         return count
 
     def url(self, key: str, expires_in: int, filename: str | None = None) -> str:
-        """A path on this service, signed and expiring, that serves `key`."""
-        expires = int(time.time()) + expires_in
-        params = {"expires": expires, "filename": filename} if filename else {"expires": expires}
-        params["signature"] = sign(self.secret, key, expires, filename or "")
-        return f"/files/{quote(check_key(key))}?{urlencode(params)}"
+        """A path on this service, signed and expiring, that serves `key` (GET)."""
+        return self._signed_link(check_key(key), expires_in, filename or "")
 
     def verify(self, key: str, expires: str, signature: str, filename: str = "") -> bool:
-        """True when `signature` is ours for this link and `expires` has not passed."""
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(sign(self.secret, key, int(expires), filename), signature)
+        """True when a GET link to `key` is ours and unexpired; ValueError for an unsafe key."""
+        return self._signature_ok(check_key(key), expires, signature, filename)
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the root is a writable directory."""
@@ -159,19 +154,29 @@ class FileStorage:
         """A signed, expiring PUT link on this service for one part."""
         check_key(key)
         self._parts_dir(upload_id)
-        expires = int(time.time()) + expires_in
-        signature = sign(self.secret, _part_resource(upload_id, part_number), expires)
-        query = urlencode({"expires": expires, "signature": signature})
-        return f"/files/uploads/{upload_id}/{part_number}?{query}"
+        return self._signed_link(_part_resource(upload_id, part_number), expires_in)
 
     def verify_part(self, upload_id: str, part_number: int, expires: str,
                     signature: str) -> bool:
         """True when a part link is ours, unexpired, and its upload is still open."""
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        expected = sign(self.secret, _part_resource(upload_id, part_number), int(expires))
-        return (hmac.compare_digest(expected, signature)
+        return (self._signature_ok(_part_resource(upload_id, part_number), expires, signature)
                 and self._parts_dir(upload_id).is_dir())
+
+    def _signed_link(self, resource: str, expires_in: int, filename: str = "") -> str:
+        """`/files/{resource}` signed until `expires_in` seconds from now. The resource says
+        what the link is for: an object key to GET, or `uploads/{id}/{n}` to PUT a part."""
+        expires = int(time.time()) + expires_in
+        params = {"expires": expires, "filename": filename} if filename else {"expires": expires}
+        params["signature"] = sign(self.secret, resource, expires, filename)
+        return f"/files/{quote(resource)}?{urlencode(params)}"
+
+    def _signature_ok(self, resource: str, expires: str, signature: str,
+                      filename: str = "") -> bool:
+        """True when `signature` is ours for `resource` and `expires` has not passed."""
+        if not (expires.isascii() and expires.isdigit()) or int(expires) < time.time():
+            return False
+        expected = sign(self.secret, resource, int(expires), filename)
+        return hmac.compare_digest(expected.encode(), signature.encode())  # any text: no raise
 
     def write_part(self, upload_id: str, part_number: int, stream: BinaryIO,
                    limit: int) -> str:

@@ -22,6 +22,8 @@ from standardwebhooks import Webhook as Signer
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from media.timefmt import rfc3339
+
 EVENT_TYPES = ("asset.metadata.completed", "asset.thumbnails.completed",
                "asset.video.completed", "asset.completed", "asset.failed")
 CONNECT_TIMEOUT = 5.0
@@ -96,7 +98,7 @@ def sign(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, s
 
 def body_for(event_type: str, timestamp: datetime, asset: dict) -> str:
     """The JSON body of an event, fixed once so every retry sends the same bytes."""
-    stamp = timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    stamp = rfc3339(timestamp.astimezone(UTC))
     return json.dumps({"type": event_type, "timestamp": stamp, "data": asset},
                       separators=(",", ":"), sort_keys=True)
 
@@ -104,7 +106,7 @@ def body_for(event_type: str, timestamp: datetime, asset: dict) -> str:
 def send(url: str, body: str, headers: dict[str, str], allow_private: bool) -> Attempt:
     """POST once. Never raises for network trouble: the Attempt says what happened."""
     started = time.monotonic()
-    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    at = rfc3339(datetime.now(UTC))
 
     def done(status: int | None, error: str | None, response: str | None = None) -> Attempt:
         return Attempt(at, status, int((time.monotonic() - started) * 1000), error, response)

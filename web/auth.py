@@ -48,5 +48,10 @@ def _site_tenant() -> str | None:
         return None
     if request.method in SAFE_METHODS:
         return tenant_id
-    token, expected = request.headers.get("X-CSRF-Token", ""), session.get("csrf", "")
-    return tenant_id if expected and hmac.compare_digest(token, expected) else None
+    return tenant_id if csrf_matches(request.headers.get("X-CSRF-Token", "")) else None
+
+
+def csrf_matches(sent: str) -> bool:
+    """True when `sent` is this session's CSRF token (compared in constant time)."""
+    expected = session.get("csrf", "")
+    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())

@@ -7,7 +7,6 @@ only ever linked through signed storage links, never served from this origin inl
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from functools import wraps
 from urllib.parse import urlsplit
@@ -26,11 +25,11 @@ from sqlalchemy import select
 
 from media import assets, deliveries
 from media.keys import tenant_for_key
-from media.records import Delivery, after_commit
-from tasks.pipeline import enqueue
-from web.api.assets import _json
+from media.records import Delivery
+from web.api.assets import _json, change
 from web.api.uploads import MIN_PART_SIZE
-from web.extensions import celery, services
+from web.auth import csrf_matches
+from web.extensions import services
 
 bp = Blueprint("site", __name__)
 PAGE_SIZE = 24
@@ -89,10 +88,9 @@ def csrf_token() -> str:
 @bp.before_app_request
 def _check_csrf() -> None:
     """Every form the site posts carries the session's token; other origins cannot."""
-    if request.method == "POST" and request.blueprint == "site":
-        sent = request.form.get("csrf_token", "")
-        if not (session.get("csrf") and hmac.compare_digest(sent, session["csrf"])):
-            abort(400, "The form expired; reload the page and try again.")
+    if (request.method == "POST" and request.blueprint == "site"
+            and not csrf_matches(request.form.get("csrf_token", ""))):
+        abort(400, "The form expired; reload the page and try again.")
 
 
 @bp.after_app_request
@@ -193,12 +191,8 @@ def detail(asset_id: str):
 @signed_in
 def reprocess(asset_id: str):
     """Run every job again, then back to the detail page."""
-    with services().db.session() as db:
-        asset = assets.get(db, g.tenant_id, asset_id)
-        if asset is None:
-            abort(404)
-        jobs = assets.reprocess(db, asset, services().outbox)
-        after_commit(db, lambda: enqueue(celery(), jobs))
+    if not change(g.tenant_id, asset_id, "reprocess"):
+        abort(404)
     return redirect(url_for("site.detail", asset_id=asset_id))
 
 
@@ -206,12 +200,8 @@ def reprocess(asset_id: str):
 @signed_in
 def delete(asset_id: str):
     """Delete the asset (its objects are purged shortly), then back to the gallery."""
-    with services().db.session() as db:
-        asset = assets.get(db, g.tenant_id, asset_id)
-        if asset is None:
-            abort(404)
-        assets.mark_deleted(db, asset)
-        after_commit(db, lambda: celery().send_task("upkeep.purge", args=[asset_id]))
+    if not change(g.tenant_id, asset_id, "delete"):
+        abort(404)
     return redirect(url_for("site.gallery"))
 
 

@@ -2,15 +2,13 @@
 
 Werkzeug's form parser spools files to temporary storage before the view runs; for uploads
 of gigabytes we instead pull-parse the request body with its sans-IO decoder and hand the
-file part to storage as a readable stream, hashing and counting it on the way.
+file part to storage as a readable stream (media.hashing hashes and counts it on the way).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
@@ -20,10 +18,6 @@ CHUNK = 256 * 1024
 
 class MalformedBody(ValueError):
     """The body ended early or is not valid multipart/form-data."""
-
-
-class TooLarge(Exception):
-    """The file part grew past the configured limit."""
 
 
 class MultipartReader:
@@ -115,60 +109,3 @@ class Part:
             self.read(CHUNK)
         self._chunks.clear()
         self._buffered = 0
-
-
-@dataclass
-class Digest:
-    size: int = 0
-    sha256: str = ""
-
-
-class HashingStream:
-    """Wraps a part: keeps its first bytes for sniffing, hashes and counts all of it, and
-    raises TooLarge as soon as it passes `limit` bytes."""
-
-    def __init__(self, part: Part, limit: int, head_size: int) -> None:
-        self._part = part
-        self._limit = limit
-        self._hash = hashlib.sha256()
-        self.digest = Digest()
-        self.head = b""
-        while len(self.head) < head_size and (more := part.read(head_size - len(self.head))):
-            self.head += more
-        self._pending = self.head
-        self._count(self.head)
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (all that is left if negative); short only at the end.
-
-        Readers such as boto3's upload_fileobj take a short read of a non-seekable stream
-        for its end: answering the first read with only the sniffed head made boto3 judge
-        the upload small and buffer all of it in memory for a single PUT.
-        """
-        if not self._pending:
-            data = self._part.read(size)
-            self._count(data)
-            return data
-        if 0 <= size < len(self._pending):
-            out, self._pending = self._pending[:size], self._pending[size:]
-            return out
-        out, self._pending = self._pending, b""
-        more = self._part.read(size - len(out) if size >= 0 else -1)
-        self._count(more)
-        return out + more
-
-    def readable(self) -> bool:
-        return True
-
-    def finish(self) -> Digest:
-        """Read what is left (hashing it) and return the final size and SHA-256."""
-        while self.read(CHUNK):
-            pass
-        self.digest.sha256 = self._hash.hexdigest()
-        return self.digest
-
-    def _count(self, data: bytes) -> None:
-        self.digest.size += len(data)
-        if self.digest.size > self._limit:
-            raise TooLarge(self.digest.size)
-        self._hash.update(data)

@@ -407,6 +407,14 @@ def test_file_link_with_malformed_expiry_is_refused(tmp_path, expires):
     assert not store.verify("k", expires, signature)
 
 
+def test_file_link_to_an_unsafe_key_is_refused(tmp_path):
+    store = FileStorage(tmp_path, SECRET)
+    expires, signature = local_link(store, "k")
+
+    with pytest.raises(ValueError):
+        store.verify("../k", expires, signature)
+
+
 def test_file_link_expired_is_refused(tmp_path):
     store = FileStorage(tmp_path, SECRET)
     expires, signature = local_link(store, "k", expires_in=-1)

@@ -101,6 +101,9 @@ def test_signed_links_refuse_tampering_and_expiry(api):
     expires = url.split("expires=")[1].split("&")[0]
     assert_problem(client.get(url.replace(f"expires={expires}", "expires=1000")), 403)
     assert_problem(client.get("/files/../../etc/passwd?expires=9999999999&signature=x"), 403)
+    # Text that is not ASCII, where digits or a hex signature belong: refused, never a 500.
+    assert_problem(client.get(url.replace("signature=", "signature=%C3%A9")), 403)
+    assert_problem(client.get(url.replace(f"expires={expires}", "expires=%C2%B2")), 403)
 
 
 @pytest.mark.parametrize("body,name", [

@@ -132,3 +132,24 @@ def test_due_hands_out_each_delivery_once_per_dispatch_window(world):
         assert len(deliveries.due(session, 100)) == 4
     with db.session() as session:
         assert deliveries.due(session, 100) == []
+
+
+def test_completing_the_asset_renders_its_json_once(world):
+    """The last job's event and asset.completed share one snapshot of the asset JSON."""
+    db, outbox, *_ = world
+    rendered = []
+    counting = Outbox(render=lambda a: rendered.append(a.id) or {"id": a.id,
+                                                                  "status": a.status})
+    with db.session() as session:
+        job_ids = [j.id for j in session.scalars(select(Job).order_by(Job.kind))]
+    for job_id in job_ids:
+        with db.session() as session:
+            assets.start_job(session, job_id, "w", f"t-{job_id}")
+    with db.session() as session:
+        assets.complete_job(session, job_ids[0], [])
+    with db.session() as session:
+        assets.complete_job(session, job_ids[1], [], None, counting)
+    last, completed = events(db)[-2:]
+    assert (last.type, completed.type) == ("asset.thumbnails.completed", "asset.completed")
+    assert completed.seq == last.seq + 1 and completed.data == last.data
+    assert len(rendered) == 1

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from web.streaming import CHUNK, HashingStream, MalformedBody, MultipartReader, TooLarge
+from media.hashing import HashingStream, TooLarge
+from web.streaming import CHUNK, MalformedBody, MultipartReader
 
 BOUNDARY = b"----mediamill-test-7MA4YWxkTrZu0gW"
 HEAD = 4096

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 from werkzeug.http import parse_options_header
 
 from media import assets
 from media.errors import UnsupportedMedia
+from media.hashing import HashingStream, TooLarge
 from media.records import IdempotencyKey, after_commit, asset_prefix, new_id, original_key
 from media.sniff import SNIFF_BYTES, sniff
 from tasks.pipeline import enqueue
@@ -15,12 +18,13 @@ from web.api.webhooks import check_target
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import base_url, celery, services
-from web.streaming import HashingStream, MalformedBody, MultipartReader, Part, TooLarge
+from web.streaming import MalformedBody, MultipartReader, Part
 
 bp = Blueprint("assets", __name__, url_prefix="/api/v1/assets")
 
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
 FIELD_LIMIT = 8 * 1024
+PURGE_TASK = "upkeep.purge"  # tasks/upkeep.py
 
 
 @bp.post("")
@@ -89,10 +93,8 @@ def index():
 @require_tenant
 def destroy(asset_id: str):
     """Hide the asset at once (404 from now on) and have its objects purged: 204."""
-    with services().db.session() as session:
-        asset = _get_or_404(session, asset_id)
-        assets.mark_deleted(session, asset)
-        after_commit(session, lambda: celery().send_task("upkeep.purge", args=[asset_id]))
+    if not change(g.tenant_id, asset_id, "delete"):
+        raise _not_found(asset_id)
     return Response(status=204)
 
 
@@ -100,12 +102,27 @@ def destroy(asset_id: str):
 @require_tenant
 def reprocess(asset_id: str):
     """Run every job of the asset again; outputs are replaced: 202."""
-    with services().db.session() as session:
-        asset = _get_or_404(session, asset_id)
-        jobs = assets.reprocess(session, asset, services().outbox)
-        after_commit(session, lambda: enqueue(celery(), jobs))
+    if not change(g.tenant_id, asset_id, "reprocess"):
+        raise _not_found(asset_id)
     with services().db.session(read_only=True) as session:
         return jsonify(_json(_get_or_404(session, asset_id))), 202
+
+
+def change(tenant_id: str, asset_id: str, action: Literal["delete", "reprocess"]) -> bool:
+    """Delete the tenant's asset (hidden at once, its objects purged after commit) or run
+    all its jobs again (sent after commit); False if the tenant has no such asset. The
+    API and the site both act through here."""
+    with services().db.session() as session:
+        asset = assets.get(session, tenant_id, asset_id)
+        if asset is None:
+            return False
+        if action == "delete":
+            assets.mark_deleted(session, asset)
+            after_commit(session, lambda: celery().send_task(PURGE_TASK, args=[asset_id]))
+        else:
+            jobs = assets.reprocess(session, asset, services().outbox)
+            after_commit(session, lambda: enqueue(celery(), jobs))
+    return True
 
 
 def _boundary() -> bytes:
@@ -182,8 +199,12 @@ def _webhook_url(value: str | None) -> str | None:
 def _get_or_404(session, asset_id: str):
     asset = assets.get(session, g.tenant_id, asset_id)
     if asset is None:
-        raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
+        raise _not_found(asset_id)
     return asset
+
+
+def _not_found(asset_id: str) -> Problem:
+    return Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
 
 
 def _json(asset) -> dict:

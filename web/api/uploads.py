@@ -7,7 +7,6 @@ storage the part links point at `PUT /files/uploads/...` on this service instead
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -15,14 +14,16 @@ from sqlalchemy import select
 
 from media import assets
 from media.errors import UnsupportedMedia
+from media.hashing import HashingStream
 from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcnow
 from media.sniff import SNIFF_BYTES, sniff
-from media.storage import MAX_PARTS, BadParts, FileStorage
+from media.storage import MAX_PARTS, BadParts
 from tasks.pipeline import enqueue
 from web.api.assets import _json, _too_large, _webhook_url
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import base_url, celery, services
+from web.files import signed_storage
 
 bp = Blueprint("uploads", __name__, url_prefix="/api/v1/uploads")
 parts_bp = Blueprint("upload_parts", __name__)
@@ -143,17 +144,12 @@ def abort(upload_id: str):
 @parts_bp.put("/files/uploads/<upload_id>/<int:part_number>")
 def put_part(upload_id: str, part_number: int):
     """`file://` storage only: receive one part through a signed, expiring link."""
-    storage = services().storage
-    if not isinstance(storage, FileStorage):
-        raise Problem(404, "Not Found", "Parts go straight to the storage service.")
-    try:
-        ok = storage.verify_part(upload_id, part_number, request.args.get("expires", ""),
-                                 request.args.get("signature", ""))
-    except ValueError:
-        ok = False
-    if not ok:
-        raise Problem(403, "Forbidden", "This part link is invalid or has expired; ask for "
-                      "a new one with POST /api/v1/uploads/{id}/parts.")
+    storage = signed_storage(
+        lambda store, expires, signature: store.verify_part(upload_id, part_number, expires,
+                                                            signature),
+        "Parts go straight to the storage service.",
+        "This part link is invalid or has expired; ask for a new one with "
+        "POST /api/v1/uploads/{id}/parts.")
     with services().db.session(read_only=True) as session:
         part_size = session.scalar(select(DirectUpload.part_size).where(
             DirectUpload.storage_upload_id == upload_id)) or MIN_PART_SIZE
@@ -166,17 +162,13 @@ def put_part(upload_id: str, part_number: int):
 
 def _inspect(upload: DirectUpload):
     """Stream the joined object once: sniff its first bytes, count and hash all of it."""
-    digest, size, head = hashlib.sha256(), 0, b""
     with services().storage.open(upload.key) as stream:
-        while chunk := stream.read(MiB):
-            if len(head) < SNIFF_BYTES:
-                head += chunk[:SNIFF_BYTES - len(head)]
-            digest.update(chunk)
-            size += len(chunk)
-    if not size:
+        hashing = HashingStream(stream, None, SNIFF_BYTES)
+        digest = hashing.finish(MiB)
+    if not digest.size:
         raise Problem(400, "Empty file", "The uploaded file is empty.")
     try:
-        return sniff(head), size, digest.hexdigest()
+        return sniff(hashing.head), digest.size, digest.sha256
     except UnsupportedMedia as exc:
         raise Problem(415, "Unsupported Media Type", str(exc)) from None
 

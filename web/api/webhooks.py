@@ -6,8 +6,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import select
 
 from media import deliveries
-from media.assets import rfc3339
 from media.records import Delivery, Webhook, after_commit
+from media.timefmt import rfc3339
 from media.webhooks import EVENT_TYPES, RefusedTarget, check_url
 from web.auth import require_tenant
 from web.errors import Problem
