@@ -51,10 +51,7 @@ def index():
 def destroy(webhook_id: str):
     """Stop a subscription: 204."""
     with services().db.session() as session:
-        hook = session.get(Webhook, webhook_id)
-        if hook is None or hook.tenant_id != g.tenant_id:
-            raise Problem(404, "Not Found", f"No webhook {webhook_id!r} for this API key.")
-        session.delete(hook)
+        session.delete(_owned(session, Webhook, webhook_id, "webhook"))
     return Response(status=204)
 
 
@@ -75,9 +72,7 @@ def log():
 def redeliver(delivery_id: str):
     """Send a delivery again with the same webhook-id: 202."""
     with services().db.session() as session:
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None or delivery.tenant_id != g.tenant_id:
-            raise Problem(404, "Not Found", f"No delivery {delivery_id!r} for this API key.")
+        delivery = _owned(session, Delivery, delivery_id, "delivery")
         deliveries.redeliver(session, delivery)
         answer = deliveries.to_json(delivery)
         after_commit(session, lambda: celery().send_task("webhooks.deliver", args=[delivery_id]))
@@ -95,3 +90,11 @@ def check_target(url: str) -> None:
 def _json(hook: Webhook) -> dict:
     return {"id": hook.id, "url": hook.url, "events": hook.events,
             "created_at": rfc3339(hook.created_at)}
+
+
+def _owned(session, model, row_id: str, what: str):
+    """The tenant's row `row_id` of `model`; 404 when absent or another tenant's."""
+    row = session.get(model, row_id)
+    if row is None or row.tenant_id != g.tenant_id:
+        raise Problem(404, "Not Found", f"No {what} {row_id!r} for this API key.")
+    return row
