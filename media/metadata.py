@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import numbers
 import re
@@ -11,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import ExifTags, Image, ImageCms
+from PIL import ExifTags, Image
 
 from media import thumbnails, video
 from media.errors import MediaError
@@ -40,7 +39,7 @@ def image_metadata(src: Path, max_pixels: int = thumbnails.DEFAULT_MAX_PIXELS) -
             "bit_depth": _bit_depth(image, src),
             "frames": getattr(image, "n_frames", 1),
             "has_icc_profile": bool(icc),
-            "icc_profile": _profile_name(icc),
+            "icc_profile": thumbnails.profile_name(icc),
             "exif": _exif(image),
         }
         meta["phash"] = _phash(image)
@@ -111,16 +110,6 @@ def _bit_depth(image: Image.Image, src: Path) -> int | None:
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 _MODE_BITS.update(dict.fromkeys(("L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "La", "CMYK",
                                  "YCbCr", "LAB", "HSV"), 8))
-
-
-def _profile_name(icc: bytes | None) -> str | None:
-    if not icc:
-        return None
-    try:
-        name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return None
-    return name.strip()[:200] or None
 
 
 def _phash(image: Image.Image) -> str | None:

@@ -1,20 +1,28 @@
 """Image thumbnails with Pillow: a file in, WebP and JPEG (and optionally AVIF) files out.
 
 The pipeline decodes once, at the smallest scale that still serves the largest box (JPEG
-DCT scaling via `draft`; `reduce` inside the first resize for other formats), resizes to
-the largest box, and only then rotates for EXIF orientation and converts colour to sRGB,
-so those two per-pixel passes run on about 3 MP instead of 12. Each smaller box is then
-made from the previous, already small image (a cascade), and each size is encoded once per
-format. Output carries no EXIF, XMP or GPS; it carries an sRGB ICC profile.
+DCT scaling via `draft`; `reduce` inside the first resize for other formats), and resizes
+to the largest box in bands of rows, converting each band to sRGB as it is made, so the
+colour conversion runs on about 3 MP instead of 12 and never needs a second full copy.
+The full-size pixels are freed as soon as that first image exists; only then is it
+rotated for EXIF orientation. A big 8-bit PNG is not even decoded whole: it is read a
+strip of rows at a time. Each smaller box is then made from the previous, already small
+image (a cascade), and each size is encoded once per format. Output carries no EXIF, XMP
+or GPS; it carries an sRGB ICC profile.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
 import warnings
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
 
@@ -25,6 +33,7 @@ WEBP_QUALITY = 80
 JPEG_QUALITY = 85
 AVIF_QUALITY = 60
 WEBP_METHOD = 4
+JPEG_SUBSAMPLING = "4:2:0"  # Pillow's and libvips' default, stated so benchmarks can match
 DEFAULT_MAX_PIXELS = 100_000_000
 # Animated output: enough frames for any GIF people share, bounded so memory stays bounded.
 MAX_ANIMATION_FRAMES = 300
@@ -83,12 +92,13 @@ def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     and options, same files (a re-run overwrites them)."""
     out: list[Rendition] = []
     with open_image(src, max_pixels) as image:
-        boxes = plan_boxes(displayed_size(image), options.boxes)
-        current = decode(image, boxes[0])
+        # Boxes are square: the stored size plans them as well as the displayed one, and
+        # asking a PNG for its EXIF orientation would decode all of its pixels.
+        boxes = plan_boxes(image.size, options.boxes)
         if options.animated and getattr(image, "n_frames", 1) > 1:
             out.append(_save_animation(image, boxes[-1], out_dir, options))
-    if current is not image:  # free the full-size pixels before the encoders allocate
-        image.close()
+            image.seek(0)
+        current = decode(image, boxes[0])  # frees the full-size pixels
     for box in boxes:
         current = _resize(current, fit(current.size, box), Image.Resampling.LANCZOS)
         out += _save_all(current, box, out_dir, options)
@@ -103,24 +113,42 @@ def plan_boxes(size: tuple[int, int], boxes: tuple[int, ...]) -> list[int]:
 
 
 def decode(image: Image.Image, box: int) -> Image.Image:
-    """Decode `image` once into an upright 8-bit sRGB RGB/RGBA image fitting `box`. Not
-    idempotent on `image` (it loads pixels into it); call it once per opened file."""
-    orientation = _orientation(image)
+    """Decode `image` once into an upright 8-bit sRGB RGB/RGBA image fitting `box`. Consumes
+    `image`: its full-size pixels are freed as soon as the small copy exists (an image that
+    needs no change at all is returned as it is)."""
     icc = image.info.get("icc_profile")
     # Boxes are square, so the size that fits in stored orientation is the transposed size
     # that fits as displayed: resizing before rotating is exact.
-    if image.format == "JPEG":
-        image.draft(image.mode, fit(image.size, box))
-    pixels = _to_8bit(_load(image))
-    # Bicubic for this one big step: measured, Lanczos here costs 40 % more (184 vs 132 ms
-    # from 12 MP) for no SSIM gain in the cascaded 1024 output (0.9979 either way).
-    pixels = _shrink_in_bands(pixels, fit(pixels.size, box), Image.Resampling.BICUBIC)
+    strips = _PngStrips.open(image, fit(image.size, box))
+    if strips is not None:  # a big PNG: decoded a strip at a time, never whole
+        with strips:
+            pixels = _shrink_in_bands(strips.rows, image.size, fit(image.size, box), icc)
+            orientation = strips.orientation()
+    else:
+        orientation = _orientation(image)
+        pixels = _shrink_whole(image, box, icc)
+    if pixels is not image:
+        image.close()  # the full-size decode (48 MB for 12 MP): gone before anything else
     if orientation in _TRANSPOSE:
         pixels = pixels.transpose(_TRANSPOSE[orientation])
-    # Colour is converted after the big resize: lcms through Pillow takes 180 ms on 12 MP,
-    # 47 ms on 3 MP. Measured against a convert-then-downscale reference, the 1024 output
-    # of a Display P3 photo keeps SSIM 0.9979 (libvips, converting first: 0.9980).
-    return to_srgb(pixels, icc)
+    return pixels
+
+
+def _shrink_whole(image: Image.Image, box: int, icc: bytes | None) -> Image.Image:
+    """Decode all of `image` (JPEG: at the smallest DCT scale that still fills `box`), then
+    resize it to fit `box` and convert it to sRGB."""
+    if image.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs, frame 0
+        image.draft(image.mode, fit(image.size, box))
+    pixels = _to_8bit(_load(image))
+    size = fit(pixels.size, box)
+    if size == pixels.size:
+        return to_srgb(pixels, icc)
+    source = _premultiplied(pixels)  # once, not per band
+
+    def rows(lo: int, hi: int) -> tuple[Image.Image, int]:
+        return source, 0
+
+    return _shrink_in_bands(rows, pixels.size, size, icc)
 
 
 def open_image(src: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -159,12 +187,14 @@ def fit(size: tuple[int, int], box: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def to_srgb(image: Image.Image, icc: bytes | None = None) -> Image.Image:
+def to_srgb(image: Image.Image, icc: bytes | None = None, *,
+            in_place: bool = False) -> Image.Image:
     """Pixels in an 8-bit mode (L, LA, RGB, RGBA, CMYK) as sRGB RGB or RGBA, through the
-    embedded ICC profile `icc` when there is one that is not already sRGB."""
+    embedded ICC profile `icc` when there is one that is not already sRGB. `in_place`: RGB
+    pixels may be converted where they are (13 % faster, no second buffer)."""
     if icc and not _is_srgb(icc):
         try:
-            return _apply_profile(image, icc)
+            return _apply_profile(image, icc, in_place)
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken or mismatched profile: fall back to treating pixels as sRGB
     if image.mode in ("RGB", "RGBA"):
@@ -172,12 +202,17 @@ def to_srgb(image: Image.Image, icc: bytes | None = None) -> Image.Image:
     return image.convert("RGBA" if image.mode == "LA" else "RGB")
 
 
-def _apply_profile(image: Image.Image, icc: bytes) -> Image.Image:
+def _apply_profile(image: Image.Image, icc: bytes, in_place: bool) -> Image.Image:
     alpha = image.getchannel("A") if image.mode in ("LA", "RGBA") else None
     colour = {"LA": "L", "RGBA": "RGB"}.get(image.mode, image.mode)
     if alpha is not None:
-        image = image.convert(colour)
-    converted = ImageCms.applyTransform(image, _transform(icc, colour))
+        image, in_place = image.convert(colour), True  # a copy of our own
+    transform = _transform(icc, colour)
+    if in_place and colour == "RGB":  # RGB to RGB: the only case with one mode for both
+        ImageCms.applyTransform(image, transform, inPlace=True)
+        converted = image
+    else:
+        converted = ImageCms.applyTransform(image, transform)
     if alpha is not None:
         converted.putalpha(alpha)
     return converted
@@ -191,13 +226,21 @@ def _transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform:
 
 
 @lru_cache(maxsize=64)
+def profile_name(icc: bytes | None) -> str | None:
+    """The description an ICC profile gives of itself ("Display P3"), or None if there is
+    no profile or it cannot be parsed. Cached: phones embed the same few profiles."""
+    if not icc:
+        return None
+    try:
+        name = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    return name.strip()[:200] or None
+
+
 def _is_srgb(icc: bytes) -> bool:
     # Converting sRGB to sRGB is an identity that still costs ~15 ns a pixel.
-    try:
-        description = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return False
-    return description.strip().lower().startswith("srgb")
+    return (profile_name(icc) or "").lower().startswith("srgb")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -224,23 +267,180 @@ def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.I
     return image.resize(size, resample, reducing_gap=3.0)
 
 
-def _shrink_in_bands(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
-    """`_resize` in bands of output rows. One resize of a 12 MP image holds a horizontal-pass
-    copy of every source row (25 MB for 2048 px); bands hold a few rows' worth at a time."""
-    if size == image.size:
-        return image
-    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(image.mode)
-    source = image.convert(premultiplied) if premultiplied else image  # once, not per band
-    out = Image.new(source.mode, size)
-    scale = image.height / size[1]
+def _shrink_in_bands(rows: Callable[[int, int], tuple[Image.Image, int]],
+                     size_in: tuple[int, int], size: tuple[int, int],
+                     icc: bytes | None) -> Image.Image:
+    """Resize to `size` and convert to sRGB in bands of output rows. `rows(lo, hi)` gives an
+    image holding source rows lo..hi-1 (premultiplied when there is alpha) and the source
+    row its first row is. A single resize of 12 MP holds a horizontal-pass copy of every
+    source row (25 MB for 2048 px) and a colour conversion a copy of its output; bands
+    hold a few rows' worth at a time.
+
+    Bicubic for this one big step: measured, Lanczos here costs 17-40 % more and moves the
+    SSIM of the cascaded 1024 output by 0.00002. Colour is converted after resizing: lcms
+    through Pillow takes 180 ms on 12 MP, 47 ms on 3 MP, and converting first also moves
+    that SSIM by only 0.00002."""
+    width, height = size_in
+    scale = height / size[1]
+    margin = math.ceil(_BICUBIC_SUPPORT * scale) + 2  # source rows that an output row reads
+    out = None
     for top in range(0, size[1], _BAND_ROWS):
         bottom = min(top + _BAND_ROWS, size[1])
-        box = (0, top * scale, image.width, bottom * scale)
-        out.paste(source.resize((size[0], bottom - top), resample, box, 3.0), (0, top))
-    return out.convert(image.mode) if premultiplied else out
+        source, origin = rows(max(0, int(top * scale) - margin),
+                              min(height, math.ceil(bottom * scale) + margin))
+        box = (0, top * scale - origin, width, bottom * scale - origin)
+        band = source.resize((size[0], bottom - top), Image.Resampling.BICUBIC, box, 3.0)
+        band = to_srgb(_unpremultiplied(band), icc, in_place=True)  # a fresh band
+        if out is None:  # every row is pasted: no need to clear it first
+            out = Image.new(band.mode, size, None)
+        out.paste(band, (0, top))
+    return out
 
 
 _BAND_ROWS = 128
+_BICUBIC_SUPPORT = 2.0
+
+
+def _premultiplied(image: Image.Image) -> Image.Image:
+    """Resampling RGBa (not RGBA) weights colour by alpha: transparent pixels do not bleed."""
+    mode = {"RGBA": "RGBa", "LA": "La"}.get(image.mode)
+    return image.convert(mode) if mode else image
+
+
+def _unpremultiplied(image: Image.Image) -> Image.Image:
+    mode = {"RGBa": "RGBA", "La": "LA"}.get(image.mode)
+    return image.convert(mode) if mode else image
+
+
+class _PngStrips:
+    """The rows of a big non-interlaced 8-bit PNG, decoded a strip at a time so that the
+    whole image never sits in memory (12 MP of RGB is 48 MB in Pillow). Each strip becomes
+    a small PNG of its own for Pillow's decoder: its filtered rows in a stored (level 0)
+    zlib stream, behind the unfiltered row above them, which the filters refer to."""
+
+    def __init__(self, fh: BinaryIO, header: bytes, extra: bytes, first_idat: bytes):
+        self._fh, self._header, self._extra = fh, header, extra
+        width, _, _, colour = struct.unpack(">IIBB", header[:10])
+        self._width, self._stride = width, 1 + width * _PNG_CHANNELS[colour]
+        self._pending: bytes | None = first_idat
+        self._inflate = zlib.decompressobj()
+        self._buf, self._first = bytearray(), 0  # filtered rows from row `_first` on
+        self._above: tuple[Image.Image, int] | None = None  # the last strip, its first row
+        self._exif: bytes | None = None
+
+    @classmethod
+    def open(cls, image: Image.Image, size: tuple[int, int]) -> _PngStrips | None:
+        """Strips of `image` if it is a PNG this can stream and it needs shrinking."""
+        if (image.format != "PNG" or size == image.size or not image.tile  # loaded already
+                or not isinstance(image.filename, str)):
+            return None
+        fh = open(image.filename, "rb")  # noqa: SIM115 - closed by __exit__ or below
+        try:
+            if fh.read(8) != _PNG_SIGNATURE:
+                raise OSError
+            chunks = _png_chunks(fh)
+            kind, header = next(chunks)
+            depth, colour, interlace = header[8], header[9], header[12]
+            if kind != b"IHDR" or depth != 8 or colour not in _PNG_CHANNELS or interlace:
+                raise OSError
+            extra, exif = b"", None
+            for kind, data in chunks:
+                if kind == b"IDAT":
+                    strips = cls(fh, header, extra, data)
+                    strips._exif = exif
+                    return strips
+                if kind in (b"PLTE", b"tRNS"):
+                    extra += _png_chunk(kind, data)
+                exif = data if kind == b"eXIf" else exif
+        except (OSError, StopIteration, IndexError, MediaError):
+            pass  # anything unusual: Pillow decodes it whole, and says what is wrong
+        fh.close()
+        return None
+
+    def __enter__(self) -> _PngStrips:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def rows(self, lo: int, hi: int) -> tuple[Image.Image, int]:
+        """Source rows lo..hi-1, and the row above them, premultiplied if there is alpha."""
+        self._inflate_to(hi)
+        start = (lo - self._first) * self._stride
+        raw = self._buf[start:(hi - self._first) * self._stride]
+        origin = lo
+        if self._above is not None and lo > 0:
+            above, first = self._above
+            origin = lo - 1
+            raw[:0] = b"\0" + above.crop((0, origin - first, self._width,
+                                             lo - first)).tobytes()
+        strip = self._decode(raw, hi - origin)
+        self._above = strip, origin
+        del self._buf[:start]
+        self._first = lo
+        return _premultiplied(_to_8bit(strip)), origin
+
+    def orientation(self) -> int:
+        """EXIF orientation from the eXIf chunk, before or after the pixels. Call it last."""
+        try:
+            if self._exif is None:
+                self._exif = next((data for kind, data in _png_chunks(self._fh)
+                                   if kind == b"eXIf"), None)
+            if self._exif is None:
+                return 1
+            exif = Image.Exif()
+            exif.load(self._exif)
+            return int(exif.get(_ORIENTATION, 1))
+        except (MediaError, OSError, SyntaxError, ValueError, TypeError):
+            return 1
+
+    def _inflate_to(self, row: int) -> None:
+        need = (row - self._first) * self._stride
+        try:
+            while len(self._buf) < need:
+                data = self._inflate.unconsumed_tail or self._next_idat()
+                self._buf += self._inflate.decompress(data, need - len(self._buf))
+        except zlib.error as exc:
+            raise MediaError(f"The image is corrupt and cannot be decoded ({exc}).") from exc
+
+    def _next_idat(self) -> bytes:
+        data, self._pending = self._pending, None
+        if data is not None:
+            return data
+        kind, data = next(_png_chunks(self._fh), (b"IEND", b""))
+        if kind != b"IDAT" or self._inflate.eof:
+            raise MediaError("The image is truncated or corrupt and cannot be decoded.")
+        return data
+
+    def _decode(self, raw: bytearray, height: int) -> Image.Image:
+        header = struct.pack(">II", self._width, height) + self._header[8:]
+        png = b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), self._extra,
+                        _png_chunk(b"IDAT", zlib.compress(raw, 0)), _png_chunk(b"IEND", b"")))
+        return _load(Image.open(io.BytesIO(png), formats=("PNG",)))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes a pixel at 8 bits
+
+
+def _png_chunks(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """(type, data) of each chunk from the file position on, up to IEND. CRCs are not
+    checked: zlib's own checksum guards the pixels."""
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise MediaError("The image is truncated or corrupt and cannot be decoded.")
+        length, kind = struct.unpack(">I4s", head)
+        data = fh.read(length)
+        if len(data) < length or len(fh.read(4)) < 4:
+            raise MediaError("The image is truncated or corrupt and cannot be decoded.")
+        yield kind, data
+        if kind == b"IEND":
+            return
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _orientation(image: Image.Image) -> int:
@@ -283,7 +483,8 @@ def _save(image: Image.Image, path: Path, name: str, options: Options) -> None:
         # Baseline JPEG as libvips and imgproxy write by default: progressive with optimised
         # Huffman tables is ~4 % smaller but costs 5x the encode time (51 ms vs 9 at 2048 px).
         flat = _flatten(image) if image.mode == "RGBA" else image  # JPEG has no alpha
-        flat.save(path, "JPEG", quality=options.jpeg_quality, icc_profile=_SRGB_BYTES)
+        flat.save(path, "JPEG", quality=options.jpeg_quality, subsampling=JPEG_SUBSAMPLING,
+                  icc_profile=_SRGB_BYTES)
 
 
 def _flatten(image: Image.Image) -> Image.Image:

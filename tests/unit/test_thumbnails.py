@@ -471,3 +471,96 @@ def test_files_with_broken_exif_still_render(tmp_path, path):
     assert [r.name for r in out] == ["thumb_256.webp", "thumb_256.jpg"]
     with Image.open(out[1].path) as image:
         assert max(image.size) == 256 and image.getextrema() != ((0, 0), (0, 0), (0, 0))
+
+
+# --- big PNGs, decoded a strip at a time ------------------------------------------------
+
+
+def _big_png(tmp_path: Path, kind: str) -> Path:
+    with Image.open(CORPUS / "orientation/Landscape_1.jpg") as photo:
+        photo = photo.convert("RGB")  # 1800x1200
+    alpha = Image.linear_gradient("L").resize(photo.size)
+    images = {"RGB": photo, "L": photo.convert("L"),
+              "RGBA": Image.merge("RGBA", (*photo.split(), alpha)),
+              "LA": Image.merge("LA", (photo.convert("L"), alpha)),
+              "P": photo.convert("P", palette=Image.Palette.ADAPTIVE)}
+    path = tmp_path / f"big_{kind}.png"
+    images[kind].save(path, **({"transparency": 0} if kind == "P" else {}))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["RGB", "L", "RGBA", "LA", "P"])
+def test_big_png_streamed_in_strips_matches_a_whole_decode(tmp_path, kind):
+    path = _big_png(tmp_path, kind)
+    with thumbnails.open_image(path) as image:
+        with thumbnails._PngStrips.open(image, (1024, 683)) as strips:  # it does stream
+            assert strips is not None
+        streamed = thumbnails.decode(image, 1024)
+    with thumbnails.open_image(path) as image:
+        whole = thumbnails._shrink_whole(image, 1024, None)
+
+    assert streamed.size == whole.size == (1024, 683) and streamed.mode == whole.mode
+    # the same resampling from another origin: at most rounding apart where it is opaque
+    for a, b in zip(streamed.split(), whole.split(), strict=True):
+        assert ImageStat.Stat(ImageChops.difference(a, b)).mean[0] < 0.1
+
+
+def test_png_that_cannot_be_streamed_is_decoded_whole(tmp_path):
+    source = tmp_path / "bilevel.png"  # 1 bit a pixel: not one of the streamed layouts
+    with Image.open(_big_png(tmp_path, "L")) as image:
+        image.convert("1").save(source)
+    for path, size in ((source, (256, 171)), (CORPUS / "pillow/mode_16bit.png", (8, 8))):
+        with thumbnails.open_image(path) as image:
+            assert thumbnails._PngStrips.open(image, size) is None
+
+    out = {r.name: r for r in thumbnails.render(source, tmp_path)}
+    assert (out["thumb_256.jpg"].width, out["thumb_256.jpg"].height) == (256, 171)
+
+
+def test_truncated_big_png_fails_cleanly(tmp_path):
+    data = _big_png(tmp_path, "RGB").read_bytes()
+    source = tmp_path / "cut.png"
+    source.write_bytes(data[: len(data) // 2])
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
+    assert not EXCEPTION_NAME.search(str(caught.value))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("after_pixels", [False, True])
+def test_png_exif_orientation_is_applied_wherever_the_chunk_is(tmp_path, after_pixels):
+    with Image.open(CORPUS / "orientation/Landscape_6.jpg") as photo:
+        exif = photo.getexif()
+        photo.save(tmp_path / "six.png", exif=exif)  # stored sideways, orientation 6
+    data = (tmp_path / "six.png").read_bytes()
+    if after_pixels:  # PNG allows eXIf after IDAT; move it just before IEND
+        start = data.index(b"eXIf") - 4
+        length = int.from_bytes(data[start:start + 4], "big")
+        chunk, data = data[start:start + 12 + length], data[:start] + data[start + 12 + length:]
+        data = data[:-12] + chunk + data[-12:]
+    (tmp_path / "six.png").write_bytes(data)
+    (tmp_path / "out").mkdir()
+
+    out = {r.name: r for r in thumbnails.render(tmp_path / "six.png", tmp_path / "out")}
+
+    reference = pixels(thumbnails.render(CORPUS / "orientation/Landscape_6.jpg",
+                                         tmp_path)[-1].path)  # thumb_256.jpg, upright
+    assert (out["thumb_256.jpg"].width, out["thumb_256.jpg"].height) == (256, 171)
+    assert difference(pixels(out["thumb_256.jpg"].path), reference) < 8
+
+
+def test_multi_picture_jpeg_is_decoded_at_a_reduced_dct_scale(tmp_path):
+    """iPhones write MPO (a JPEG with a second picture): it gets JPEG's DCT scaling too."""
+    source = tmp_path / "phone.mpo"
+    with Image.open(CORPUS / "misc/vacation_2017.jpg") as photo:  # 2560x1440
+        photo.save(source, "MPO", save_all=True, append_images=[photo.resize((640, 360))])
+
+    with thumbnails.open_image(source) as image:
+        assert image.format == "MPO"
+        small = thumbnails._shrink_whole(image, 256, None)
+        assert image.size == (320, 180)  # decoded at 1/8 scale, not 2560x1440
+    assert small.size == (256, 144)
