@@ -307,7 +307,7 @@ class S3Storage:
         """Download `key` to the local file `path`."""
         with _translated(key):
             self.client.download_file(self.bucket, self._key(key), str(path),
-                                      Config=_transfer_config())
+                                      Config=_download_config())
 
     def open(self, key: str) -> BinaryIO:
         """A streaming body for `key`; FileNotFoundError if absent."""
@@ -519,6 +519,17 @@ def _transfer_config():
     )
     config.max_in_memory_upload_chunks = 2
     return config
+
+
+def _download_config():
+    from boto3.s3.transfer import TransferConfig
+
+    # Downloads go to a file, never through memory: each ranged GET is a request (and, on
+    # moto, a pass over the object), so originals up to 64 MiB come in one GET and larger
+    # ones in 64 MiB ranges four at a time. A 52 MB original: 0.14-0.19 s, against
+    # 0.60-0.75 s in 5 MiB ranges (bench/video.py's fetch).
+    return TransferConfig(multipart_threshold=64 * MiB, multipart_chunksize=64 * MiB,
+                          max_concurrency=4, use_threads=True)
 
 
 @contextlib.contextmanager
