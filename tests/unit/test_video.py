@@ -3,6 +3,7 @@ and ffmpeg killed whatever happens to the process that runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -359,6 +360,33 @@ def test_transcode_reports_rising_progress(example_mp4):
     assert all(0.0 <= p <= 1.0 for p in seen)
     assert seen == sorted(seen)
     assert seen[-1] >= 0.9
+
+
+def test_the_transcode_runs_at_the_lowest_cpu_priority(clips, tmp_path):
+    """A video backlog must not slow thumbnails on a shared machine: ffmpeg runs at nice 19
+    and, on Linux, under SCHED_IDLE. Read off the live ffmpeg process, mid-transcode."""
+    source = clips["hd"]
+    info = video.probe(source)
+    seen: dict[int, tuple[int, int]] = {}
+
+    def look(_progress: float) -> None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(stat.parent.name)
+            if int(fields[1]) == os.getpid() and pid not in seen:  # a child of this process
+                with contextlib.suppress(OSError):
+                    seen[pid] = (int(fields[16]), os.sched_getscheduler(pid))
+
+    video.transcode(source, video.plan(info, tmp_path), info, look, threads=1)
+
+    assert seen, "ffmpeg was never seen running"
+    for nice, policy in seen.values():
+        assert nice == 19
+        if sys.platform == "linux":
+            assert policy == os.SCHED_IDLE
 
 
 def test_the_whole_ladder_in_one_run(clips, tmp_path):
