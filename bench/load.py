@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
-
-sys.path.insert(0, str(Path(__file__).parent))
-from upload import ROOT, Processes, free_port, log, wait_for  # noqa: E402
-from webhooks import Receiver, jpeg, pct, start_stack, upload  # noqa: E402
+from common import ROOT, Receiver, jpeg, log, pct, post_asset, run_stack, wait_for
 
 CLIP = ROOT.parent / "shared/corpus/video/smpte-2997.mp4"  # 10 s of 1080p H.264 + AAC
 TARGET = 1.5
@@ -38,7 +33,7 @@ def burst(base: str, key: str, receiver: Receiver, n: int, clients: int):
 
     def one(i: int) -> None:
         t = time.monotonic()
-        started[upload(base, key, jpeg(i), f"load{i}.jpg")["id"]] = t
+        started[post_asset(base, key, jpeg(i), f"load{i}.jpg")["id"]] = t
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
@@ -53,7 +48,7 @@ def trickle(base: str, key: str, receiver: Receiver, n: int, tag: str) -> list[f
     started = {}
     for i in range(n):
         t = time.monotonic()
-        started[upload(base, key, jpeg(i), f"{tag}{i}.jpg")["id"]] = t
+        started[post_asset(base, key, jpeg(i), f"{tag}{i}.jpg")["id"]] = t
         time.sleep(0.3)
     wait_for(lambda: all(completed(receiver, a) for a in started), 600, f"{tag} completions")
     return [completed(receiver, a) - t for a, t in started.items()]
@@ -80,31 +75,21 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=20)
     parser.add_argument("--probes", type=int, default=30)
     args = parser.parse_args()
-    procs, receiver = Processes(), Receiver()
-    with tempfile.TemporaryDirectory(prefix="mediamill-bench-") as tmp_name:
-        try:
-            port = free_port()
-            _, key, _ = start_stack(Path(tmp_name), procs, port, (
-                "web", "thumbnails", "video", "metadata", "webhooks", "beat"))
-            base = f"http://127.0.0.1:{port}"
-            requests.post(f"{base}/api/v1/webhooks", headers={"Authorization": f"Bearer {key}"},
-                          json={"url": receiver.url, "events": ["asset.completed"]}, timeout=10)
-            trickle(base, key, receiver, 3, "warm")
-            log(f"{args.uploads} uploads from {args.clients} clients")
-            rate, burst_lat = burst(base, key, receiver, args.uploads, args.clients)
-            log("small images on an idle system")
-            idle = trickle(base, key, receiver, args.probes, "idle")
-            log(f"{args.clips} clips into the video queue")
-            clip = CLIP.read_bytes()
-            for i in range(args.clips):
-                upload(base, key, clip, f"clip{i}.mp4")
-            wait_for(lambda: only_video_waits(base), 300, "the clips' other jobs")
-            backlog_before = jobs(base, "video", "queued")
-            busy = trickle(base, key, receiver, args.probes, "busy")
-            backlog_after = jobs(base, "video", "queued")
-        finally:
-            procs.stop_all()
-            receiver.server.shutdown()
+    with run_stack(("web", "thumbnails", "video", "metadata", "webhooks", "beat")) as stack:
+        base, key, receiver = stack.base, stack.key, stack.receiver
+        trickle(base, key, receiver, 3, "warm")
+        log(f"{args.uploads} uploads from {args.clients} clients")
+        rate, burst_lat = burst(base, key, receiver, args.uploads, args.clients)
+        log("small images on an idle system")
+        idle = trickle(base, key, receiver, args.probes, "idle")
+        log(f"{args.clips} clips into the video queue")
+        clip = CLIP.read_bytes()
+        for i in range(args.clips):
+            post_asset(base, key, clip, f"clip{i}.mp4")
+        wait_for(lambda: only_video_waits(base), 300, "the clips' other jobs")
+        backlog_before = jobs(base, "video", "queued")
+        busy = trickle(base, key, receiver, args.probes, "busy")
+        backlog_after = jobs(base, "video", "queued")
     ratio = pct(busy, 95) / pct(idle, 95)
     print(f"\nmediamill load, {os.cpu_count()} CPUs (Procfile defaults: thumbnails 2, "
           f"metadata 2, video 1 process), load {os.getloadavg()[0]:.2f}")

@@ -35,78 +35,35 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from common import (
+    AWS,
+    BIN,
+    ROOT,
+    MiB,
+    Processes,
+    free_port,
+    http_ok,
+    log,
+    proc_status,
+    run_guarded,
+    start_moto,
+    use_moto_credentials,
+    wait_for,
+)
+
 SAMPLE_MP4 = ROOT.parent / "shared" / "corpus" / "video" / "fire2.mp4"
-MiB = 1024 * 1024
 RSS_TARGET_MIB = 64
 RATIO_TARGET = 0.8
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-       "AWS_DEFAULT_REGION": "us-east-1"}
 # Smallest valid MP4 prefix, used when the corpus is not there: an ftyp box, brand isom.
 FALLBACK_HEAD = (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
                  + b"\x00\x00\x00\x08free")
 
-os.environ.update({k: os.environ.get(k, v) for k, v in AWS.items()})
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
-        with contextlib.suppress(Exception):
-            if value := predicate():
-                return value
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-class Processes:
-    """Subprocesses this script started, each in its own session; all stopped on exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, argv: list[str], logfile: Path, **kwargs) -> subprocess.Popen:
-        with open(logfile, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, **kwargs)
-        self.procs.append((name, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)  # its own group: gunicorn's workers
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    log(f"{name} did not stop on SIGTERM; killing it")
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
-            # whatever the group left behind (a worker whose master died first)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        self.procs.clear()
+use_moto_credentials()
 
 
 # --- the test file --------------------------------------------------------------------
@@ -128,17 +85,6 @@ def make_file(path: Path, size: int) -> None:
 
 
 # --- memory sampling ------------------------------------------------------------------
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of `pid`, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value, _unit = line.split()
-                out[name.rstrip(":")] = int(value) * 1024
-    return out
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -340,7 +286,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
     make_file(data, size)
     digest = sha256_of(data)
 
-    redis_port, moto_port, web_port = free_port(), free_port(), free_port()
+    redis_port, web_port = free_port(), free_port()
     redis_exe = shutil.which("redis-server")
     if redis_exe is None:
         raise RuntimeError("redis-server is not installed")
@@ -348,14 +294,9 @@ def run(args, tmp: Path, procs: Processes) -> int:
     redis_proc = procs.start("redis-server", [
         redis_exe, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", str(tmp / "redis")], tmp / "redis.log")
-    # moto spools object data over ~5 MiB to temp files: keep them in RAM (tmpfs) so that
-    # disk writeback does not add noise to either contender
-    moto_tmp = _ram_dir(tmp)
-    log(f"moto_server spools objects under {moto_tmp}")
-    moto_proc = procs.start("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1",
-                                            "-p", str(moto_port)], tmp / "moto.log",
-                            env={**os.environ, "TMPDIR": str(moto_tmp)})
-    endpoint = f"http://127.0.0.1:{moto_port}"
+    moto = start_moto(tmp, procs)
+    log(f"moto_server spools objects under {moto.spool}")
+    endpoint = moto.endpoint
 
     def redis_ready():
         with socket.create_connection(("127.0.0.1", redis_port), timeout=1) as sock:
@@ -363,7 +304,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
             return sock.recv(16).startswith(b"+PONG")
 
     wait_for(redis_ready, 20, "redis-server", redis_proc)
-    wait_for(lambda: _http_ok(endpoint + "/moto-api/"), 30, "moto_server", moto_proc)
+    moto.wait()
     client = s3_client(endpoint)
     bucket = f"bench-{uuid.uuid4().hex[:10]}"
     client.create_bucket(Bucket=bucket)
@@ -394,7 +335,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
         str(BIN / "gunicorn"), "web:create_app()", "--bind", f"127.0.0.1:{web_port}",
         "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300"],
         tmp / "gunicorn.log", cwd=ROOT, env=env)
-    wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/readyz"), 60, "gunicorn /readyz",
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{web_port}/readyz"), 60, "gunicorn /readyz",
              gunicorn)
     worker = gunicorn_worker(gunicorn.pid)
     idle_rss = proc_status(worker)["VmRSS"]
@@ -412,7 +353,7 @@ def run(args, tmp: Path, procs: Processes) -> int:
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {"baseline": [], "service": []}
     cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "service": []}
-    pids = {"client": None, "web": worker, "moto": moto_proc.pid}
+    pids = {"client": None, "web": worker, "moto": moto.proc.pid}
     rss_runs: list[tuple[int, int, int, bool]] = []
     for round_no in range(1, args.rounds + 1):
         meter = CpuMeter(pids)
@@ -506,27 +447,6 @@ def report(args, size: int, times, cpu, rss_runs, idle_rss: int, load) -> int:
     return 0 if rss_ok and speed_ok else 1
 
 
-def _ram_dir(tmp: Path) -> Path:
-    """A new directory on tmpfs (/dev/shm), removed on exit; under `tmp` if none."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        ram = Path(tempfile.mkdtemp(prefix="mediamill-bench-moto-", dir=shm))
-        _RAM_DIRS.append(ram)
-        return ram
-    (tmp / "moto").mkdir()
-    return tmp / "moto"
-
-
-_RAM_DIRS: list[Path] = []
-
-
-def _http_ok(url: str) -> bool:
-    from urllib.request import urlopen
-
-    with urlopen(url, timeout=2) as response:
-        return response.status == 200
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1024)")
@@ -545,35 +465,8 @@ def main() -> int:
         parser.error("--size-mib and --rounds must be at least 1")
     if any("=" not in item for item in args.web_env):
         parser.error("--web-env takes NAME=VALUE")
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    # a hard stop for the whole run: setup, the rounds, and cleanup margin
-    signal.signal(signal.SIGALRM, on_signal)
-    signal.alarm(int(300 + args.rounds * 2 * args.timeout))
-
-    tmp = Path(tempfile.mkdtemp(prefix="mediamill-bench-"))
-    procs = Processes()
-    try:
-        return run(args, tmp, procs)
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        for name in ("gunicorn.log", "moto.log"):
-            with contextlib.suppress(OSError):
-                sys.stderr.write(f"--- {name} (tail) ---\n{(tmp / name).read_text()[-3000:]}\n")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
-        for ram in _RAM_DIRS:
-            shutil.rmtree(ram, ignore_errors=True)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_guarded(run, args, "mediamill-bench-", int(300 + args.rounds * 2 * args.timeout),
+                       ("gunicorn.log", "moto.log"))
 
 
 if __name__ == "__main__":

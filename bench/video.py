@@ -45,30 +45,19 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from common import ROOT, Processes, log, run_guarded, start_moto, use_moto_credentials
 
-from upload import (  # noqa: E402  (bench/upload.py: the same process helpers)
-    _RAM_DIRS,
-    BIN,
-    Processes,
-    _http_ok,
-    _ram_dir,
-    free_port,
-    log,
-    wait_for,
-)
+sys.path.insert(0, str(ROOT))  # config, media, tasks
+use_moto_credentials()
 
 TARGET = 1.05
 ASSET = "bench0000000000000000000000000001"
@@ -196,14 +185,9 @@ def run(args, tmp: Path, procs: Processes) -> int:
     os.nice(args.nice - os.nice(0))  # before anything starts: all of it inherits
     settings = Settings()
     heights = settings.video_renditions
-    moto_port = free_port()
-    moto_tmp = _ram_dir(tmp)
-    moto = procs.start("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
-                                       str(moto_port)], tmp / "moto.log",
-                       env={**os.environ, "TMPDIR": str(moto_tmp)})
-    endpoint = f"http://127.0.0.1:{moto_port}"
-    wait_for(lambda: _http_ok(endpoint + "/moto-api/"), 30, "moto_server", moto)
-    storage = S3Storage("bench", "media", endpoint)
+    moto = start_moto(tmp, procs)
+    moto.wait()
+    storage = S3Storage("bench", "media", moto.endpoint)
     storage.ensure_bucket()
 
     clip, short = tmp / "clip.mp4", tmp / "short.mp4"
@@ -366,29 +350,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.seconds < 1 or args.rounds < 1 or args.throughput_seconds < 1:
         parser.error("--seconds, --rounds and --throughput-seconds must be at least 1")
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, on_signal)
-    signal.alarm(int(300 + args.rounds * args.seconds * 12 + args.throughput_seconds * 36))
-    tmp = Path(tempfile.mkdtemp(prefix="mediamill-bench-video-"))
-    procs = Processes()
-    try:
-        return run(args, tmp, procs)
-    except Exception as exc:
-        log(f"error: {type(exc).__name__}: {exc}")
-        return 2
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
-        for ram in _RAM_DIRS:
-            shutil.rmtree(ram, ignore_errors=True)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_guarded(run, args, "mediamill-bench-video-",
+                       int(300 + args.rounds * args.seconds * 12 + args.throughput_seconds * 36))
 
 
 if __name__ == "__main__":

@@ -17,109 +17,23 @@ process. Three measurements, each against a baseline from the same run:
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import requests
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).parent))
-from upload import BIN, ROOT, Processes, free_port, log, proc_status, wait_for  # noqa: E402
-
-MiB = 1024 * 1024
-
-
-class Receiver:
-    """Records when each (asset id, event type) first arrives; answers 200."""
-
-    def __init__(self) -> None:
-        self.arrivals: dict[tuple[str, str], float] = {}
-        self.count = 0
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                now = time.monotonic()
-                event = json.loads(body)
-                key = (event["data"].get("id", ""), event["type"])
-                with receiver.lock:
-                    receiver.count += 1
-                    receiver.arrivals.setdefault(key, now)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-
-def jpeg(i: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (640, 480), (i % 256, 120, 60)).save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
-PROCESSES = ("web", "thumbnails", "metadata", "webhooks", "beat")
-
-
-def start_stack(tmp: Path, procs: Processes, web_port: int,
-                processes=PROCESSES) -> tuple[dict, str, str]:
-    """Release, a key, then the Procfile's `processes` under honcho; (env, key, secret)."""
-    redis_port = free_port()
-    procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no"], tmp / "redis.log")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite'}",
-           "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-           "MEDIAMILL_STORAGE_URL": f"file://{tmp / 'storage'}",
-           "MEDIAMILL_SECRET_KEY": "bench-secret-key-0123456789abcdef",
-           "MEDIAMILL_INSTANCE_DIR": str(tmp / "instance"),
-           "MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1", "PORT": str(web_port)}
-    subprocess.run(["flask", "--app", "web", "release"], env=env, cwd=ROOT, check=True,
-                   capture_output=True, timeout=120)
-    issued = subprocess.run(["flask", "--app", "web", "create-api-key", "bench"], env=env,
-                            cwd=ROOT, check=True, capture_output=True, text=True, timeout=120)
-    tenant = json.loads(issued.stdout.strip().splitlines()[-1])
-    procs.start("honcho", ["honcho", "start", "-f", "Procfile", "-p", str(web_port),
-                           *processes], tmp / "honcho.log", env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{web_port}"
-    wait_for(lambda: requests.get(f"{base}/readyz", timeout=2).ok, 90, "web /readyz")
-    time.sleep(3)  # workers finish booting
-    return env, tenant["api_key"], tenant["webhook_secret"]
-
-
-def upload(base: str, key: str, data: bytes, name: str, **fields) -> dict:
-    answer = requests.post(f"{base}/api/v1/assets", headers={"Authorization": f"Bearer {key}"},
-                           files={"file": (name, data)}, data=fields, timeout=30)
-    answer.raise_for_status()
-    return answer.json()
+from common import ROOT, MiB, Receiver, jpeg, log, pct, post_asset, proc_status, run_stack, wait_for
 
 
 def latencies(base: str, key: str, receiver: Receiver, n: int, tag: str) -> list[float]:
     """Upload n small JPEGs 0.2 s apart; seconds from each 202 to its asset.completed."""
     sent: dict[str, float] = {}
     for i in range(n):
-        asset = upload(base, key, jpeg(i), f"{tag}{i}.jpg")
+        asset = post_asset(base, key, jpeg(i), f"{tag}{i}.jpg")
         sent[asset["id"]] = time.monotonic()
         time.sleep(0.2)
     wait_for(lambda: all((a, "asset.completed") in receiver.arrivals for a in sent), 300,
@@ -198,53 +112,38 @@ def web_rss(port: int) -> float:
     return sum(proc_status(int(pid)).get("VmRSS", 0) for pid in out.split()) / MiB
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
-        else values[0]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deliveries", type=int, default=300)
     parser.add_argument("--uploads", type=int, default=40)
     parser.add_argument("--streams", type=int, default=200)
     args = parser.parse_args()
-    procs = Processes()
-    receiver = Receiver()
-    with tempfile.TemporaryDirectory(prefix="mediamill-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        try:
-            web_port = free_port()
-            env, key, secret = start_stack(tmp, procs, web_port)
-            base = f"http://127.0.0.1:{web_port}"
-            requests.post(f"{base}/api/v1/webhooks", headers={"Authorization": f"Bearer {key}"},
-                          json={"url": receiver.url, "events": ["asset.completed"]}, timeout=10)
-            log("warm-up")
-            latencies(base, key, receiver, 3, "warm")
-            log("delivery rate")
-            service_rate, direct_rate = delivery_rate(env, receiver, args.deliveries, secret)
-            log("latency, idle web")
-            idle = latencies(base, key, receiver, args.uploads, "idle")
-            rss_before = web_rss(web_port)
-            # A video nobody transcodes (no video pool runs) stays `processing`: its streams
-            # stay open for as long as we like.
-            with open(ROOT.parent / "shared/corpus/video/example.mp4", "rb") as fh:
-                video = upload(base, key, fh.read(), "held.mp4")
-            url = f"{base}/api/v1/assets/{video['id']}/events"
-            streams = [Stream(url, key) for _ in range(args.streams)]
-            for stream in streams:
-                stream.start()
-            wait_for(lambda: sum(s.events > 0 for s in streams) == len(streams), 120,
-                     f"{args.streams} streams to get their first event")
-            log(f"{args.streams} streams open")
-            busy = latencies(base, key, receiver, args.uploads, "busy")
-            alive = sum(s.is_alive() and s.error is None for s in streams)
-            rss_during = web_rss(web_port)
-            for stream in streams:
-                stream.stop.set()
-        finally:
-            procs.stop_all()
-            receiver.server.shutdown()
+    with run_stack() as stack:
+        base, key, receiver = stack.base, stack.key, stack.receiver
+        log("warm-up")
+        latencies(base, key, receiver, 3, "warm")
+        log("delivery rate")
+        service_rate, direct_rate = delivery_rate(stack.env, receiver, args.deliveries,
+                                                  stack.secret)
+        log("latency, idle web")
+        idle = latencies(base, key, receiver, args.uploads, "idle")
+        rss_before = web_rss(stack.port)
+        # A video nobody transcodes (no video pool runs) stays `processing`: its streams
+        # stay open for as long as we like.
+        with open(ROOT.parent / "shared/corpus/video/example.mp4", "rb") as fh:
+            video = post_asset(base, key, fh.read(), "held.mp4")
+        url = f"{base}/api/v1/assets/{video['id']}/events"
+        streams = [Stream(url, key) for _ in range(args.streams)]
+        for stream in streams:
+            stream.start()
+        wait_for(lambda: sum(s.events > 0 for s in streams) == len(streams), 120,
+                 f"{args.streams} streams to get their first event")
+        log(f"{args.streams} streams open")
+        busy = latencies(base, key, receiver, args.uploads, "busy")
+        alive = sum(s.is_alive() and s.error is None for s in streams)
+        rss_during = web_rss(stack.port)
+        for stream in streams:
+            stream.stop.set()
     print(f"\nmediamill webhooks and live status, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'measure':44} {'value':>12} {'baseline':>12} {'ratio':>7}")
