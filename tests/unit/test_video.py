@@ -372,11 +372,11 @@ def test_the_transcode_runs_at_the_lowest_cpu_priority(clips, tmp_path):
     def look(_progress: float) -> None:
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                name, rest = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
+            except (OSError, ValueError):
                 continue
-            pid = int(stat.parent.name)
-            if int(fields[1]) == os.getpid() and pid not in seen:  # a child of this process
+            fields, pid = rest.split(), int(stat.parent.name)
+            if name == "ffmpeg" and int(fields[1]) == os.getpid() and pid not in seen:
                 with contextlib.suppress(OSError):
                     seen[pid] = (int(fields[16]), os.sched_getscheduler(pid))
 
