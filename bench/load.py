@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--clips", type=int, default=20)
-    parser.add_argument("--probes", type=int, default=30)
+    parser.add_argument("--probes", type=int, default=60)
     args = parser.parse_args()
     with run_stack(("web", "thumbnails", "video", "metadata", "webhooks", "beat")) as stack:
         base, key, receiver = stack.base, stack.key, stack.receiver
