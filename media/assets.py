@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urljoin
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from media.events import Outbox
@@ -25,6 +25,7 @@ JOB_KINDS = {"image": ("metadata", "thumbnails"), "video": ("metadata", "thumbna
 FINAL = ("completed", "failed")
 IDEMPOTENCY_TTL = timedelta(hours=24)
 HEARTBEAT_STALE = timedelta(minutes=2)  # no heartbeat for this long: its worker is gone
+RESEND_AT_LEAST_EVERY = timedelta(hours=1)  # a still-queued job is sent again this often
 
 
 @dataclass(frozen=True)
@@ -139,26 +140,31 @@ def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:
     """Jobs whose run stopped beating (its worker was killed): put back in the queue."""
     jobs = _silent(session, "processing", Job.heartbeat_at, stale, limit)
     for job in jobs:
-        job.status, job.queued_at = "queued", utcnow()
+        job.status, job.queued_at, job.resend_at = "queued", utcnow(), None
     return jobs
 
 
 def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Job]:
-    """Jobs still queued long after they were (or should have been) sent; their clock is
-    reset so the next sweep does not send them again at once."""
-    jobs = _silent(session, "queued", Job.queued_at, older_than, limit)
+    """Jobs still queued long after they were (or should have been) sent: their message
+    never reached the broker, or was lost with it. A job that is only waiting its turn in a
+    long backlog looks the same, so each is sent again only once its age has doubled since
+    the last time (at least hourly): a few duplicates per job in a backlog of hours, each
+    skipped by start_job, instead of one every sweep."""
+    now = utcnow()
+    jobs = _silent(session, "queued", Job.queued_at, older_than, limit,
+                   or_(Job.resend_at.is_(None), Job.resend_at < now))
     for job in jobs:
-        job.queued_at = utcnow()
+        job.resend_at = now + min(now - aware(job.queued_at), RESEND_AT_LEAST_EVERY)
     return jobs
 
 
 def _silent(session: Session, status: str, clock: InstrumentedAttribute, age: timedelta,
-            limit: int) -> list[Job]:
-    """Live assets' jobs in `status` whose `clock` is older than `age`, oldest first,
-    locked (rows another sweep holds are skipped)."""
+            limit: int, *also) -> list[Job]:
+    """Live assets' jobs in `status` whose `clock` is older than `age` (and that meet
+    `also`), oldest first, locked (rows another sweep holds are skipped)."""
     return list(session.scalars(
         select(Job).join(Asset)
-        .where(Job.status == status, clock < utcnow() - age, Asset.deleted_at.is_(None))
+        .where(Job.status == status, clock < utcnow() - age, Asset.deleted_at.is_(None), *also)
         .order_by(clock).limit(limit).with_for_update(skip_locked=True)
     ))
 
@@ -236,7 +242,7 @@ def reprocess(session: Session, asset: Asset, outbox: Outbox | None = None) -> l
     """Put every job of the asset back in the queue; outputs are overwritten by the re-run."""
     for job in asset.jobs:
         job.status, job.progress, job.error, job.outputs = "queued", 0.0, None, []
-        job.started_at = job.finished_at = None
+        job.started_at = job.finished_at = job.resend_at = None
         job.queued_at = utcnow()
     asset.status, asset.updated_at = "queued", utcnow()
     if outbox:

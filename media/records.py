@@ -134,6 +134,9 @@ class Job(Base):
     task_id: Mapped[str | None] = mapped_column(String(64), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # While queued: not before this does the sweep send the job again (None: once it has
+    # been queued for MEDIAMILL_JOB_STALE_SECONDS).
+    resend_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 

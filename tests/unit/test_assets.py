@@ -133,6 +133,41 @@ def test_stale_queued_jobs_are_resent_once(db, asset_id):
         assert assets.stale_queued(session, timedelta(minutes=5), 10) == []
 
 
+def test_a_job_waiting_in_a_backlog_is_resent_as_its_age_doubles(db, asset_id):
+    """A queued job 10 min old is sent again now, then at 20 min, 40 min..., at least
+    hourly; never at every sweep."""
+    job_id = jobs(db, asset_id)["video"].id
+    stale = timedelta(minutes=2)
+
+    def age_by(delta: timedelta) -> None:
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            job.queued_at -= delta
+            if job.resend_at is not None:
+                job.resend_at -= delta
+
+    def resent() -> bool:
+        with db.session() as session:
+            return job_id in [j.id for j in assets.stale_queued(session, stale, 10)]
+
+    age_by(timedelta(minutes=10))
+    assert resent()
+    assert not resent()  # the next sweep, 30 s later, leaves it
+    age_by(timedelta(minutes=9))
+    assert not resent()  # 19 min old: not yet doubled
+    age_by(timedelta(minutes=2))
+    assert resent()  # 21 min old
+    age_by(timedelta(hours=5))
+    assert resent()
+    age_by(timedelta(minutes=59))
+    assert not resent()
+    age_by(timedelta(minutes=2))
+    assert resent()  # however old, at least hourly
+    with db.session() as session:  # reprocess starts the clock again
+        assets.reprocess(session, session.get(Job, job_id).asset)
+        assert session.get(Job, job_id).resend_at is None
+
+
 def test_cursor_round_trips_and_rejects_garbage():
     with pytest.raises(ValueError):
         assets.decode_cursor("not-a-cursor")
@@ -155,3 +190,16 @@ def test_a_run_that_stopped_beating_goes_back_to_the_queue(db, asset_id):
         assert assets.start_job(session, job_id, "video@b", "task-2") is not None
     with db.session() as session:
         assert assets.start_job(session, job_id, "video@c", "task-1") is None
+
+
+def test_the_migrations_make_the_schema_the_models_describe(db, tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from media.records import Base
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()
