@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import warnings
 import zlib
@@ -343,6 +344,12 @@ class _PngStrips:
             depth, colour, interlace = header[8], header[9], header[12]
             if kind != b"IHDR" or depth != 8 or colour not in _PNG_CHANNELS or interlace:
                 raise OSError
+            # A strip is _BAND_ROWS output rows' worth of source rows: on a very wide, short
+            # image that is most of it, held several times over; decode those whole.
+            width, height = image.size
+            strip_rows = _BAND_ROWS * height / size[1] + 2 * _BICUBIC_SUPPORT * height / size[1]
+            if strip_rows * width * _PNG_CHANNELS[colour] > _MAX_STRIP_BYTES:
+                raise OSError
             extra, exif = b"", None
             for kind, data in chunks:
                 if kind == b"IDAT":
@@ -419,18 +426,22 @@ class _PngStrips:
         return _load(Image.open(io.BytesIO(png), formats=("PNG",)))
 
 
+_MAX_STRIP_BYTES = 16 * 2**20  # a 12 MP photo's strips are about 4 MB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes a pixel at 8 bits
 
 
 def _png_chunks(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
     """(type, data) of each chunk from the file position on, up to IEND. CRCs are not
-    checked: zlib's own checksum guards the pixels."""
+    checked. A length beyond the end of the file is refused before anything is read."""
+    size = os.fstat(fh.fileno()).st_size
     while True:
         head = fh.read(8)
         if len(head) < 8:
             raise MediaError("The image is truncated or corrupt and cannot be decoded.")
         length, kind = struct.unpack(">I4s", head)
+        if length > size - fh.tell():
+            raise MediaError("The image is truncated or corrupt and cannot be decoded.")
         data = fh.read(length)
         if len(data) < length or len(fh.read(4)) < 4:
             raise MediaError("The image is truncated or corrupt and cannot be decoded.")

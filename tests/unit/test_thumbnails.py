@@ -564,3 +564,28 @@ def test_multi_picture_jpeg_is_decoded_at_a_reduced_dct_scale(tmp_path):
         small = thumbnails._shrink_whole(image, 256, None)
         assert image.size == (320, 180)  # decoded at 1/8 scale, not 2560x1440
     assert small.size == (256, 144)
+
+
+def test_a_wide_short_png_is_decoded_whole_not_in_giant_strips(tmp_path):
+    """Strips of a panorama would each hold most of it several times over."""
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (24000, 400), (10, 120, 200)).save(path, compress_level=1)
+    with Image.open(path) as image:
+        assert thumbnails._PngStrips.open(image, (2048, 34)) is None
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (4000, 3000), (10, 120, 200)).save(photo, compress_level=1)
+    with Image.open(photo) as image, thumbnails._PngStrips.open(image, (2048, 1536)) as strips:
+        assert strips is not None
+
+
+def test_a_png_chunk_longer_than_the_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "lying.png"
+    Image.new("RGB", (3000, 2000), (1, 2, 3)).save(path, compress_level=1)
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat - 4:idat] = (2**31 - 1).to_bytes(4, "big")  # claims 2 GiB of pixels
+    path.write_bytes(bytes(data))
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        with pytest.raises(MediaError, match="truncated or corrupt"):
+            list(thumbnails._png_chunks(fh))
