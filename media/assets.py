@@ -25,7 +25,9 @@ JOB_KINDS = {"image": ("metadata", "thumbnails"), "video": ("metadata", "thumbna
 FINAL = ("completed", "failed")
 IDEMPOTENCY_TTL = timedelta(hours=24)
 HEARTBEAT_STALE = timedelta(minutes=2)  # no heartbeat for this long: its worker is gone
-RESEND_AT_LEAST_EVERY = timedelta(hours=1)  # a still-queued job is sent again this often
+# A still-queued job is sent again at least this often: work whose message the broker lost
+# is picked up again within 5 minutes (the contract), with the sweep's 30 s period.
+RESEND_AT_LEAST_EVERY = timedelta(minutes=4)
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,8 @@ def stale_queued(session: Session, older_than: timedelta, limit: int) -> list[Jo
     """Jobs still queued long after they were (or should have been) sent: their message
     never reached the broker, or was lost with it. A job that is only waiting its turn in a
     long backlog looks the same, so each is sent again only once its age has doubled since
-    the last time (at least hourly): a few duplicates per job in a backlog of hours, each
-    skipped by start_job, instead of one every sweep."""
+    the last time, and at least every RESEND_AT_LEAST_EVERY: duplicates of a waiting job
+    (each skipped by start_job) are spaced out instead of sent at every sweep."""
     now = utcnow()
     jobs = _silent(session, "queued", Job.queued_at, older_than, limit,
                    or_(Job.resend_at.is_(None), Job.resend_at < now))

@@ -134,8 +134,8 @@ def test_stale_queued_jobs_are_resent_once(db, asset_id):
 
 
 def test_a_job_waiting_in_a_backlog_is_resent_as_its_age_doubles(db, asset_id):
-    """A queued job 10 min old is sent again now, then at 20 min, 40 min..., at least
-    hourly; never at every sweep."""
+    """A queued job 3 min old is sent again now, then when 6 min old, then every 4 min
+    (lost work is picked up within 5 minutes); never at every 30 s sweep."""
     job_id = jobs(db, asset_id)["video"].id
     stale = timedelta(minutes=2)
 
@@ -150,19 +150,19 @@ def test_a_job_waiting_in_a_backlog_is_resent_as_its_age_doubles(db, asset_id):
         with db.session() as session:
             return job_id in [j.id for j in assets.stale_queued(session, stale, 10)]
 
-    age_by(timedelta(minutes=10))
+    age_by(timedelta(minutes=3))
     assert resent()
-    assert not resent()  # the next sweep, 30 s later, leaves it
-    age_by(timedelta(minutes=9))
-    assert not resent()  # 19 min old: not yet doubled
+    assert not resent()  # the next sweep leaves it
     age_by(timedelta(minutes=2))
-    assert resent()  # 21 min old
-    age_by(timedelta(hours=5))
+    assert not resent()  # 5 min old: not yet doubled
+    age_by(timedelta(minutes=1, seconds=30))
+    assert resent()  # 6.5 min old
+    age_by(timedelta(hours=2))
     assert resent()
-    age_by(timedelta(minutes=59))
+    age_by(timedelta(minutes=3, seconds=30))
     assert not resent()
-    age_by(timedelta(minutes=2))
-    assert resent()  # however old, at least hourly
+    age_by(timedelta(seconds=45))
+    assert resent()  # however old, at least every 4 minutes
     with db.session() as session:  # reprocess starts the clock again
         assets.reprocess(session, session.get(Job, job_id).asset)
         assert session.get(Job, job_id).resend_at is None
