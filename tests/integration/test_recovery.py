@@ -8,12 +8,13 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from media.records import Job
+from media.records import Job, utcnow
 from tests.conftest import start_redis, wait_for
 from tests.helpers import auth, jpeg, upload, wait_final
 from tests.receiver import Receiver
@@ -53,18 +54,24 @@ def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(ma
         ids = [upload(client, key, clip, filename=f"clip{i}.mp4").json["id"] for i in range(20)]
         db = stack.app.extensions["mediamill"].db
 
+        chosen: list[str] = []
+
         def video_job(job_id=None):
+            """The job `job_id`, or a transcode live now (beating within 3 s: not the row a
+            stopped worker left behind) that no earlier stop chose."""
             with db.session(read_only=True) as session:
                 if job_id:
                     return session.get(Job, job_id)
                 return session.scalar(select(Job).where(
                     Job.kind == "video", Job.status == "processing", Job.progress > 0.05,
-                    Job.progress < 0.8))
+                    Job.progress < 0.8, Job.id.not_in(chosen),
+                    Job.heartbeat_at > utcnow() - timedelta(seconds=3)))
 
         def stop(how: str) -> Job:
             """Stop the video pool mid-transcode `how`; return the job it was running."""
             running = wait_for(video_job, timeout=120, interval=0.05,
                                what="a transcode under way")
+            chosen.append(running.id)
             children = wait_for(lambda: ffmpeg_pids(stack.env), timeout=20, interval=0.05,
                                 what="ffmpeg running")
             victim = stack.workers["video"]
