@@ -26,7 +26,7 @@ from sqlalchemy import select
 from media import assets, deliveries
 from media.keys import tenant_for_key
 from media.records import Delivery
-from web.api.assets import _json, change
+from web.api.assets import asset_json, delete_asset, reprocess_asset
 from web.api.uploads import MIN_PART_SIZE
 from web.auth import csrf_matches
 from web.extensions import services
@@ -164,7 +164,7 @@ def gallery():
         with services().db.session(read_only=True) as db:
             items, cursor = assets.page(db, g.tenant_id, None, PAGE_SIZE,
                                         request.args.get("cursor") or None)
-            items = [_json(a) for a in items]
+            items = [asset_json(a) for a in items]
     except ValueError:
         return redirect(url_for("site.gallery"))
     return render_template("gallery.html", items=items, next_cursor=cursor,
@@ -179,7 +179,7 @@ def detail(asset_id: str):
         asset = assets.get(db, g.tenant_id, asset_id)
         if asset is None:
             abort(404, f"No asset {asset_id!r} for this account.")
-        item = _json(asset)
+        item = asset_json(asset)
         rows = db.scalars(select(Delivery).where(
             Delivery.tenant_id == g.tenant_id, Delivery.asset_id == asset_id)
             .order_by(Delivery.created_at.desc()).limit(50))
@@ -191,7 +191,7 @@ def detail(asset_id: str):
 @signed_in
 def reprocess(asset_id: str):
     """Run every job again, then back to the detail page."""
-    if not change(g.tenant_id, asset_id, "reprocess"):
+    if not reprocess_asset(g.tenant_id, asset_id):
         abort(404)
     return redirect(url_for("site.detail", asset_id=asset_id))
 
@@ -200,7 +200,7 @@ def reprocess(asset_id: str):
 @signed_in
 def delete(asset_id: str):
     """Delete the asset (its objects are purged shortly), then back to the gallery."""
-    if not change(g.tenant_id, asset_id, "delete"):
+    if not delete_asset(g.tenant_id, asset_id):
         abort(404)
     return redirect(url_for("site.gallery"))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 from werkzeug.http import parse_options_header
@@ -66,7 +64,7 @@ def create():
 def show(asset_id: str):
     """One asset of the caller's tenant; another tenant's id is 404."""
     with services().db.session(read_only=True) as session:
-        return jsonify(_json(_get_or_404(session, asset_id)))
+        return jsonify(asset_json(_get_or_404(session, asset_id)))
 
 
 @bp.get("")
@@ -83,7 +81,7 @@ def index():
         with services().db.session(read_only=True) as session:
             items, cursor = assets.page(session, g.tenant_id, status, int(limit),
                                         request.args.get("cursor") or None)
-            return jsonify({"items": [_json(a) for a in items], "next_cursor": cursor})
+            return jsonify({"items": [asset_json(a) for a in items], "next_cursor": cursor})
     except ValueError:
         raise Problem(400, "Bad cursor",
                       "cursor must be a next_cursor from a previous answer.") from None
@@ -93,7 +91,7 @@ def index():
 @require_tenant
 def destroy(asset_id: str):
     """Hide the asset at once (404 from now on) and have its objects purged: 204."""
-    if not change(g.tenant_id, asset_id, "delete"):
+    if not delete_asset(g.tenant_id, asset_id):
         raise _not_found(asset_id)
     return Response(status=204)
 
@@ -102,26 +100,33 @@ def destroy(asset_id: str):
 @require_tenant
 def reprocess(asset_id: str):
     """Run every job of the asset again; outputs are replaced: 202."""
-    if not change(g.tenant_id, asset_id, "reprocess"):
+    if not reprocess_asset(g.tenant_id, asset_id):
         raise _not_found(asset_id)
     with services().db.session(read_only=True) as session:
-        return jsonify(_json(_get_or_404(session, asset_id))), 202
+        return jsonify(asset_json(_get_or_404(session, asset_id))), 202
 
 
-def change(tenant_id: str, asset_id: str, action: Literal["delete", "reprocess"]) -> bool:
-    """Delete the tenant's asset (hidden at once, its objects purged after commit) or run
-    all its jobs again (sent after commit); False if the tenant has no such asset. The
-    API and the site both act through here."""
+def delete_asset(tenant_id: str, asset_id: str) -> bool:
+    """Hide the tenant's asset at once and purge its objects after commit; False if the
+    tenant has no such asset. The API and the site both delete through here."""
     with services().db.session() as session:
         asset = assets.get(session, tenant_id, asset_id)
         if asset is None:
             return False
-        if action == "delete":
-            assets.mark_deleted(session, asset)
-            after_commit(session, lambda: celery().send_task(PURGE_TASK, args=[asset_id]))
-        else:
-            jobs = assets.reprocess(session, asset, services().outbox)
-            after_commit(session, lambda: enqueue(celery(), jobs))
+        assets.mark_deleted(session, asset)
+        after_commit(session, lambda: celery().send_task(PURGE_TASK, args=[asset_id]))
+    return True
+
+
+def reprocess_asset(tenant_id: str, asset_id: str) -> bool:
+    """Run every job of the tenant's asset again (sent after commit); False if the tenant
+    has no such asset. The API and the site both reprocess through here."""
+    with services().db.session() as session:
+        asset = assets.get(session, tenant_id, asset_id)
+        if asset is None:
+            return False
+        jobs = assets.reprocess(session, asset, services().outbox)
+        after_commit(session, lambda: enqueue(celery(), jobs))
     return True
 
 
@@ -167,7 +172,7 @@ def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
         services().storage.delete_prefix(asset_prefix(asset_id))
         return _replay(_idempotent_record(idempotency_key), upload.sha256)
     with services().db.session(read_only=True) as session:
-        return jsonify(_json(_get_or_404(session, asset_id))), 202
+        return jsonify(asset_json(_get_or_404(session, asset_id))), 202
 
 
 def _idempotent_record(key: str | None) -> IdempotencyKey | None:
@@ -186,7 +191,7 @@ def _replay(record: IdempotencyKey, sha256: str):
         if asset is None:
             raise Problem(404, "Not Found", "The asset created with this Idempotency-Key has "
                           "been deleted.")
-        return jsonify(_json(asset)), record.status_code
+        return jsonify(asset_json(asset)), record.status_code
 
 
 def _webhook_url(value: str | None) -> str | None:
@@ -207,7 +212,8 @@ def _not_found(asset_id: str) -> Problem:
     return Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
 
 
-def _json(asset) -> dict:
+def asset_json(asset) -> dict:
+    """The contract's asset JSON, with signed links, for this request."""
     s = services()
     return assets.to_json(asset, s.storage, base_url(), s.settings.signed_url_ttl)
 

@@ -19,7 +19,7 @@ from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcn
 from media.sniff import SNIFF_BYTES, sniff
 from media.storage import MAX_PARTS, BadParts
 from tasks.pipeline import enqueue
-from web.api.assets import _json, _too_large, _webhook_url
+from web.api.assets import _too_large, _webhook_url, asset_json
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import base_url, celery, services
@@ -230,7 +230,7 @@ def _asset_answer(asset_id: str):
         asset = assets.get(session, g.tenant_id, asset_id)
         if asset is None:
             raise Problem(404, "Not Found", "The asset made from this upload has been deleted.")
-        return jsonify(_json(asset)), 202
+        return jsonify(asset_json(asset)), 202
 
 
 def _absolute(url: str) -> str:
