@@ -26,6 +26,12 @@ class Problem(HTTPException):
         return problem(self.code, self.title, self.description, self.extra_headers)
 
 
+def too_large(limit: int) -> Problem:
+    """413 for a file over MEDIAMILL_MAX_UPLOAD_BYTES, however it is uploaded."""
+    return Problem(413, "Payload Too Large", f"The file is larger than this service's limit "
+                   f"of {limit} bytes (MEDIAMILL_MAX_UPLOAD_BYTES).")
+
+
 def problem(status: int, title: str, detail: str, headers: dict | None = None) -> Response:
     """A problem+json response."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}

@@ -114,6 +114,17 @@ def test_refused_oversize_abort_and_other_tenants(make_stack, s3_endpoint, corpu
     assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
     assert not any(storage_.exists(f"assets/{p}/original") for p in [upload["id"]])
 
+    # Parts adding up to more than the size declared at create: 413 that says so.
+    upload, _ = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "b.jpg", missing={2})
+    url = client.post(f"/api/v1/uploads/{upload['id']}/parts", headers=auth(key),
+                      json={"part_numbers": [1, 2]}).json["urls"]
+    etags = {n: etag_of(put_part(client, url[str(n)], padded_jpeg(corpus, 8 * MiB)))
+             for n in (1, 2)}
+    over = client.post(f"/api/v1/uploads/{upload['id']}/complete", headers=auth(key), json={
+        "parts": [{"part_number": n, "etag": e} for n, e in etags.items()]})
+    assert over.status_code == 413, over.json
+    assert "more than the 9437184 declared" in over.json["detail"]
+
     # Another tenant's upload id answers 404 on every call; abort frees the parts.
     upload, _ = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg", missing={2})
     path = f"/api/v1/uploads/{upload['id']}"

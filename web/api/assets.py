@@ -12,9 +12,9 @@ from media.hashing import HashingStream, TooLarge
 from media.records import IdempotencyKey, after_commit, asset_prefix, new_id, original_key
 from media.sniff import SNIFF_BYTES, sniff
 from tasks.pipeline import enqueue
-from web.api.webhooks import check_target
+from web.api.webhooks import upload_target
 from web.auth import require_tenant
-from web.errors import Problem
+from web.errors import Problem, too_large
 from web.extensions import base_url, celery, services
 from web.streaming import MalformedBody, MultipartReader, Part
 
@@ -32,7 +32,7 @@ def create():
     boundary = _boundary()
     limit = services().settings.max_upload_bytes
     if (request.content_length or 0) > limit + MULTIPART_SLACK:
-        raise _too_large(limit)
+        raise too_large(limit)
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:255] or None
     replay = _idempotent_record(idempotency_key)
     asset_id = new_id()
@@ -47,7 +47,7 @@ def create():
         if upload is None:
             raise Problem(400, "No file", "Send the file as multipart/form-data in a field "
                           "named 'file'.")
-        webhook_url = _webhook_url(fields.get("webhook_url"))
+        webhook_url = upload_target(fields.get("webhook_url"))
         if replay is not None:
             return _replay(replay, upload.sha256)
         return _record(asset_id, upload, webhook_url, idempotency_key)
@@ -151,7 +151,7 @@ def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Uploa
     except UnsupportedMedia as exc:
         raise Problem(415, "Unsupported Media Type", str(exc)) from None
     except TooLarge:
-        raise _too_large(limit) from None
+        raise too_large(limit) from None
     return assets.Upload(asset_id, found.kind, found.content_type, part.filename or "",
                          digest.size, digest.sha256)
 
@@ -194,13 +194,6 @@ def _replay(record: IdempotencyKey, sha256: str):
         return jsonify(asset_json(asset)), record.status_code
 
 
-def _webhook_url(value: str | None) -> str | None:
-    if not value or not value.strip():
-        return None
-    check_target(value.strip())
-    return value.strip()
-
-
 def _get_or_404(session, asset_id: str):
     asset = assets.get(session, g.tenant_id, asset_id)
     if asset is None:
@@ -221,8 +214,3 @@ def asset_json(asset) -> dict:
 def _malformed(exc: Exception) -> Problem:
     return Problem(400, "Malformed upload", f"The request body ended early or is not valid "
                    f"multipart/form-data ({exc}).")
-
-
-def _too_large(limit: int) -> Problem:
-    return Problem(413, "Payload Too Large", f"The file is larger than this service's limit "
-                   f"of {limit} bytes (MEDIAMILL_MAX_UPLOAD_BYTES).")

@@ -19,9 +19,10 @@ from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcn
 from media.sniff import SNIFF_BYTES, sniff
 from media.storage import MAX_PARTS, BadParts
 from tasks.pipeline import enqueue
-from web.api.assets import _too_large, _webhook_url, asset_json
+from web.api.assets import asset_json
+from web.api.webhooks import upload_target
 from web.auth import require_tenant
-from web.errors import Problem
+from web.errors import Problem, too_large
 from web.extensions import base_url, celery, services
 from web.files import signed_storage
 
@@ -53,7 +54,7 @@ def create():
         raise Problem(400, "Bad upload", "size must be the file's size in bytes (at least 1).")
     limit = services().settings.max_upload_bytes
     if size > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     part_size = part_size_for(size)
     upload = DirectUpload(id=new_id(), asset_id=new_id(), tenant_id=g.tenant_id,
                           filename=filename[:1000], content_type=content_type[:255],
@@ -103,7 +104,7 @@ def complete(upload_id: str):
     _open_or_409(upload)
     body = _body()
     parts = _parts(body.get("parts"))
-    webhook_url = _webhook_url(body.get("webhook_url"))
+    webhook_url = upload_target(body.get("webhook_url"))
     storage = services().storage
     _check_sizes(upload, parts, storage.list_parts(upload.key, upload.storage_upload_id))
     try:
@@ -182,7 +183,8 @@ def _check_sizes(upload: DirectUpload, parts: list[tuple[int, str]], stored) -> 
     total = sum(sizes.get(n, 0) for n, _ in parts)
     if total != upload.size:
         if total > upload.size:
-            raise _too_large(upload.size)
+            raise Problem(413, "Payload Too Large", f"The parts hold {total} bytes, more than "
+                          f"the {upload.size} declared when the upload was created.")
         raise Problem(400, "Incomplete upload", f"The parts hold {total} of the {upload.size} "
                       "bytes declared; upload the missing parts first.")
 

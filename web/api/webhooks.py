@@ -87,6 +87,14 @@ def check_target(url: str) -> None:
         raise Problem(422, "Refused webhook URL", str(exc)) from None
 
 
+def upload_target(value: str | None) -> str | None:
+    """An upload's optional `webhook_url`: None when blank, else checked as `check_target`."""
+    if not value or not value.strip():
+        return None
+    check_target(value.strip())
+    return value.strip()
+
+
 def _json(hook: Webhook) -> dict:
     return {"id": hook.id, "url": hook.url, "events": hook.events,
             "created_at": rfc3339(hook.created_at)}
