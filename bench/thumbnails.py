@@ -55,6 +55,14 @@ TARGETS = {
     "256 box webp+jpeg": (3.5, 1.3),
     "12 MP png, 3 boxes webp+jpeg": (2.0, None),
 }
+# The issue's own figures for these scenarios (images per core-second, its machine), in
+# SCENARIOS' order: naive Pillow, pyvips cascading. Used only for the calibration lines.
+ISSUE_REFERENCE = {
+    "3 boxes webp+jpeg": (1.21, 2.02),
+    "3 boxes jpeg": (1.97, 8.53),
+    "256 box webp+jpeg": (8.8, 23.5),
+    "12 MP png, 3 boxes webp+jpeg": (0.52, 1.39),
+}
 CHILD_ENV = {**os.environ, "VIPS_CONCURRENCY": "1", "MALLOC_ARENA_MAX": "2"}
 EXT = {"webp": "webp", "jpeg": "jpg", "png": "png"}
 
@@ -378,6 +386,7 @@ def report(args, results, scores, sets, load) -> int:
         failures += _check(f"{scenario}: peak RSS per job, lower pyvips {lowest / MiB:.1f} MiB"
                            f" / mediamill {rss['mediamill'] / MiB:.1f} MiB",
                            lowest / max(rss["mediamill"], 1), 1.0)
+    calibrate(results)
     per_input = {c: " ".join(f"{s:.4f}" for s in scores[c]) for c in CONTENDERS}
     print("\nSSIM of the 1024 output (saved losslessly) against a float Lanczos downscale of "
           "the oriented, sRGB-converted original, per JPEG input in the order above:")
@@ -389,6 +398,24 @@ def report(args, results, scores, sets, load) -> int:
     print(f"{'PASS' if ok else 'FAIL'}: mean SSIM of the 1024 output: mediamill "
           f"{mean['mediamill']:.5f} vs {vips} {mean[vips]:.5f} (target: no lower)")
     return 1 if failures or not ok else 0
+
+
+def calibrate(results) -> None:
+    """Information, not a verdict: how this run's baselines compare with the issue's figures.
+    pyvips is the same program everywhere, so (pyvips cascading here) / (the issue's) says
+    how fast this machine is; scaling the issue's naive figure by it estimates what the
+    issue's naive Pillow would give here, to compare with this bench's naive and mediamill."""
+    print("\nCalibration against the issue's figures (machine = pyvips cascade here / issue's; "
+          "issue's naive here = its naive x machine):")
+    print(f"{'scenario':<30}{'machine':>9}{'issue naive here':>18}{'our naive / it':>16}"
+          f"{'mediamill / it':>16}")
+    for scenario in SCENARIOS:
+        best = {c: max(r["jobs"] / r["cpu"] for r in results[(scenario, c)]) for c in CONTENDERS}
+        naive_ref, vips_ref = ISSUE_REFERENCE[scenario]
+        machine = best["pyvips cascade"] / vips_ref
+        naive_here = naive_ref * machine
+        print(f"{scenario:<30}{machine:>9.2f}{naive_here:>18.2f}"
+              f"{best['naive pillow'] / naive_here:>16.2f}{best['mediamill'] / naive_here:>16.2f}")
 
 
 def _check(label: str, value: float, target: float | None) -> list[str]:
