@@ -271,7 +271,9 @@ def reference(src: Path, size: tuple[int, int]):
         image = ImageCms.profileToProfile(image, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
                                           ImageCms.createProfile("sRGB"), outputMode="RGB")
     bands = [band.convert("F").resize(size, Image.Resampling.LANCZOS) for band in image.split()]
-    return Image.merge("RGB", [band.convert("L") for band in bands])  # rounds, clamps
+    # F to L truncates (0.7 becomes 0): add 0.5 so it rounds, else the reference is half a
+    # level too dark and favours whichever contender errs dark. Clamps to 0..255.
+    return Image.merge("RGB", [band.point(lambda v: v + 0.5).convert("L") for band in bands])
 
 
 def quality(contender: str, inputs: list[Path], out: Path) -> list[float]:
