@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -159,8 +160,12 @@ def open_image(src: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             # Pillow warns from 89 MP on; `max_pixels` below is the limit that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(src)
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"The image declares too many pixels and was refused ({exc}).") from exc
+    except Image.DecompressionBombError as exc:  # far above any limit: Pillow refuses it
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found[1]) / 1e6:,.0f} MP" if found else "too many pixels"
+        raise MediaError(f"The image declares {declared}, above the limit of "
+                         f"{max_pixels / 1e6:.0f} MP; it was refused to protect the service "
+                         "(too many pixels to decode safely).") from exc
     except UnidentifiedImageError as exc:
         raise MediaError("The file is not an image that can be decoded.") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -466,7 +471,8 @@ def _load(image: Image.Image) -> Image.Image:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MediaError(
-            f"The image is truncated or corrupt and cannot be decoded ({exc})."
+            "The image is truncated or corrupt and cannot be decoded: export or upload the "
+            f"complete file again (the decoder said: {exc})."
         ) from exc
     return image
 

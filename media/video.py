@@ -95,7 +95,7 @@ def probe(src: Path) -> Probe:
                          "that refer to other files are refused); upload MP4, MOV, WebM, MKV, "
                          "AVI, MPEG-TS or FLV.")
     if done.returncode != 0:
-        raise MediaError(f"The video could not be read ({_tail(done.stderr)}).")
+        raise MediaError(_unreadable(done.stderr))
     return _parse_probe(json.loads(done.stdout or b"{}"))
 
 
@@ -424,6 +424,19 @@ def _float(value) -> float | None:
 # helps the person reading the job's error, and the worker's paths are nobody's business.
 _LOG_PREFIX = re.compile(r"\[[^\]]* @ 0x[0-9a-f]+\] ")
 _LOCAL_PATH = re.compile(r"(?:file:)?/[\w.+/-]+")
+
+
+def _unreadable(stderr: bytes) -> str:
+    """Why ffprobe could not read a file, as a sentence: the common causes in words, any
+    other with ffprobe's own last lines (log prefixes and the local path removed)."""
+    if b"moov atom not found" in stderr:
+        return ("The video could not be read: it is incomplete (its index, the MP4 'moov' "
+                "box, is missing), which usually means the upload or the recording was cut "
+                "short. Upload the complete file.")
+    if b"Invalid data found when processing input" in stderr:
+        return ("The video could not be read: the file is corrupt, or not in a format "
+                "ffmpeg knows. Upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV.")
+    return f"The video could not be read; ffprobe reported: {_tail(stderr)}."
 
 
 def _tail(stderr: bytes, limit: int = 300) -> str:

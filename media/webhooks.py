@@ -69,7 +69,11 @@ def refused_reason(ip: str, allow_private: bool) -> str | None:
 def check_url(url: str, allow_private: bool) -> None:
     """Raise RefusedTarget unless `url` is http(s) and every address it resolves to is
     allowed. Deliveries check again on the connected socket."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise RefusedTarget(f"the webhook URL is malformed ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RefusedTarget("webhook URLs must be absolute http:// or https:// URLs")
     if parts.username or parts.password:
@@ -81,7 +85,7 @@ def check_url(url: str, allow_private: bool) -> None:
         raise RefusedTarget(f"{parts.hostname} does not resolve ({exc})") from None
     for info in infos:
         if reason := refused_reason(info[4][0], allow_private):
-            raise RefusedTarget(f"{parts.hostname} resolves to {reason}")
+            raise RefusedTarget(f"{parts.hostname} is refused: {reason}")
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, str]:

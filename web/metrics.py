@@ -28,7 +28,7 @@ def metrics():
     """Prometheus exposition of queues, jobs, webhook deliveries and uploads."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(services()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 class Collector:

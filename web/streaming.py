@@ -7,6 +7,7 @@ file part to storage as a readable stream (media.hashing hashes and counts it on
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -32,7 +33,8 @@ class MultipartReader:
         while True:
             event = self._next()
             if isinstance(event, Field | File):
-                part = Part(self, event.name, getattr(event, "filename", None), event.headers)
+                filename = _filename(event.headers, getattr(event, "filename", None))
+                part = Part(self, event.name, filename, event.headers)
                 yield part
                 part.drain()
             elif isinstance(event, Epilogue):
@@ -48,6 +50,23 @@ class MultipartReader:
                 return event
             chunk = self._stream.read(CHUNK)
             self._decoder.receive_data(chunk or None)
+
+
+_QUOTED_FILENAME = re.compile(r'(?:^|;)\s*filename\s*=\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+
+
+def _filename(headers, parsed: str | None) -> str | None:
+    """The part's filename exactly as the client named it. Browsers (HTML's multipart/form-
+    data) send a backslash as it is and escape only `"`, CR and LF, as %22, %0D and %0A;
+    curl escapes `"` and backslash with a backslash. Werkzeug reads every backslash as an
+    escape and drops it (C:\\Users\\me.jpg became C:Usersme.jpg), so the quoted value is
+    read here: a backslash escapes only `"` or another backslash."""
+    disposition = headers.get("Content-Disposition", "")
+    match = _QUOTED_FILENAME.search(disposition)
+    if parsed is None or match is None or "filename*" in disposition.lower():
+        return parsed  # no filename, an unquoted one, or RFC 5987's: Werkzeug's reading
+    name = re.sub(r'\\(["\\])', r"\1", match.group(1))
+    return name.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 class Part:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -321,3 +322,79 @@ def test_openapi_document_is_valid_and_covers_every_api_route(api):
             path = rule.rule.replace("<", "{").replace(">", "}")
             served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == documented
+
+
+def _json_post(client, key, path, raw: bytes | str):
+    return client.post(path, data=raw, headers={**auth(key), "Content-Type": "application/json"})
+
+
+def test_hostile_json_bodies_get_4xx_problems_not_500(api):
+    """Each of these answered 500 once: a value of the wrong type, a number JSON allows but
+    int() does not, a lone surrogate the database cannot store, a URL urlsplit rejects."""
+    client, key = api.test_client(), new_key(api, "alice")
+    assert_problem(_json_post(client, key, "/api/v1/uploads", r'{"filename":"\ud800","size":10}'),
+                   400)
+    assert_problem(_json_post(client, key, "/api/v1/uploads", '{"filename":"a\\u0000b","size":9}'),
+                   400)
+    assert_problem(_json_post(client, key, "/api/v1/uploads",
+                              '{"filename":"' + "x" * 5000 + '","size":9}'), 400)
+    created = _json_post(client, key, "/api/v1/uploads", '{"filename":"a.jpg","size":10}')
+    assert created.status_code == 201
+    upload_id = created.json["id"]
+    for parts in ('[{"part_number":Infinity,"etag":"a"}]', '[{"part_number":1e400,"etag":"a"}]',
+                  '[{"part_number":true,"etag":"a"}]', '[{"part_number":1,"etag":5}]', '7'):
+        assert_problem(_json_post(client, key, f"/api/v1/uploads/{upload_id}/complete",
+                                  '{"parts":' + parts + "}"), 400)
+    assert_problem(_json_post(client, key, f"/api/v1/uploads/{upload_id}/complete",
+                              '{"parts":[{"part_number":1,"etag":"a"}],"webhook_url":5}'), 400)
+    assert_problem(_json_post(client, key, f"/api/v1/uploads/{upload_id}/parts",
+                              '{"part_numbers":[true]}'), 400)
+    signed = _json_post(client, key, f"/api/v1/uploads/{upload_id}/parts",
+                        '{"part_numbers":[1,1,1]}')
+    assert list(signed.json["urls"]) == ["1"]
+    for body in ("[1]", '"x"', "5"):
+        assert_problem(_json_post(client, key, "/api/v1/webhooks", body), 400)
+    refused = _json_post(client, key, "/api/v1/webhooks",
+                         '{"url":"http://[::1","events":["asset.completed"]}')
+    assert "malformed" in assert_problem(refused, 422)["detail"]
+    loopback = _json_post(client, key, "/api/v1/webhooks", '{"url":"http://127.0.0.1/"}')
+    assert assert_problem(loopback, 422)["detail"].startswith("127.0.0.1 is refused: 127.0.0.1 is")
+    assert_problem(upload(client, key, data=jpeg(), filename="a.jpg", webhook_url="http://[zz/"),
+                   422)
+    assert_problem(client.get("/api/v1/assets?limit=%C2%B2", headers=auth(key)), 400)
+
+
+def test_a_nul_in_the_uploaded_filename_is_400(api):
+    client, key = api.test_client(), new_key(api, "alice")
+    assert_problem(upload(client, key, data=jpeg(), filename="a\0b.jpg"), 400)
+    storage = Path(api.extensions["mediamill"].settings.storage_url[7:])
+    assert not any(p.is_file() for p in storage.rglob("*"))
+
+
+def test_event_stream_resumed_after_the_final_event_ends_at_once(api):
+    """An EventSource reconnects with the last id after the stream closes: with nothing left
+    to send for a final asset the answer must end, not hold a thread with keep-alives."""
+    from media.records import Asset
+
+    client, key = api.test_client(), new_key(api, "alice")
+    asset_id = upload(client, key, data=jpeg()).json["id"]
+    with api.extensions["mediamill"].db.session() as session:
+        from media import assets
+
+        asset = session.get(Asset, asset_id)
+        for job in asset.jobs:
+            assets.fail_job(session, job.id, "The test failed it.", api.extensions[
+                "mediamill"].outbox)
+    first = client.get(f"/api/v1/assets/{asset_id}/events", headers=auth(key))
+    ids = [int(line[4:]) for line in first.get_data(as_text=True).splitlines()
+           if line.startswith("id: ")]
+    assert ids, first.data
+    again = client.get(f"/api/v1/assets/{asset_id}/events", buffered=False,
+                       headers={**auth(key), "Last-Event-ID": str(ids[-1])})
+    # At most two chunks: a stream that never ends would send a keep-alive every 15 s.
+    chunks = [c.decode() for c in itertools.islice(again.response, 2)]
+    assert chunks == ["retry: 2000\n\n"]  # and then it ended
+    again.close()
+    huge = client.get(f"/api/v1/assets/{asset_id}/events",
+                      headers={**auth(key), "Last-Event-ID": "9" * 30})
+    assert_problem(huge, 400)

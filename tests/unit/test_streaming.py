@@ -223,3 +223,22 @@ def test_field_longer_than_its_limit_is_malformed():
 
     with pytest.raises(MalformedBody, match="webhook_url"):
         part.text(2048)
+
+
+@pytest.mark.parametrize(("sent", "name"), [
+    ("C:\\Users\\me\\pic.jpg", "C:\\Users\\me\\pic.jpg"),  # a browser sends \ as it is
+    ("..\\..\\win.ini", "..\\..\\win.ini"),
+    ('say \\"cheese\\".jpg', 'say "cheese".jpg'),  # curl's escapes
+    ("back\\\\slash.jpg", "back\\slash.jpg"),
+    ("a%22b%0Ac.jpg", 'a"b\nc.jpg'),  # HTML's escapes for ", LF and CR
+    ("Ünïcode фото.jpg", "Ünïcode фото.jpg"),
+    ("", ""),
+])
+def test_filenames_are_kept_as_the_client_named_them(sent, name):
+    parts = list(MultipartReader(io.BytesIO(body(("file", sent, b"x"))), BOUNDARY).parts())
+    assert parts[0].filename == name
+
+
+def test_a_field_without_a_filename_has_none():
+    parts = list(MultipartReader(io.BytesIO(body(("webhook_url", None, b"x"))), BOUNDARY).parts())
+    assert parts[0].filename is None

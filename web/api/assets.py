@@ -12,6 +12,7 @@ from media.hashing import HashingStream, TooLarge
 from media.records import IdempotencyKey, after_commit, asset_prefix, new_id, original_key
 from media.sniff import SNIFF_BYTES, sniff
 from tasks.pipeline import enqueue
+from web.api import text
 from web.api.webhooks import upload_target
 from web.auth import require_tenant
 from web.errors import Problem, too_large
@@ -40,6 +41,7 @@ def create():
     try:
         for part in MultipartReader(request.stream, boundary).parts():
             if part.filename is not None and part.name == "file" and upload is None:
+                text(part.filename, "The file's name")
                 upload = _receive(part, asset_id, limit, store=replay is None)
                 stored = replay is None
             elif part.filename is None:
@@ -47,9 +49,9 @@ def create():
         if upload is None:
             raise Problem(400, "No file", "Send the file as multipart/form-data in a field "
                           "named 'file'.")
-        webhook_url = upload_target(fields.get("webhook_url"))
-        if replay is not None:
+        if replay is not None:  # the first answer again, whatever else this one sent
             return _replay(replay, upload.sha256)
+        webhook_url = upload_target(fields.get("webhook_url"))
         return _record(asset_id, upload, webhook_url, idempotency_key)
     except BaseException as exc:
         if stored:
@@ -75,7 +77,7 @@ def index():
     if status not in (None, "queued", "processing", "completed", "failed"):
         raise Problem(400, "Bad status", "status must be queued, processing, completed or failed.")
     limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 200:
         raise Problem(400, "Bad limit", "limit must be a whole number from 1 to 200.")
     try:
         with services().db.session(read_only=True) as session:

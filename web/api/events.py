@@ -39,8 +39,15 @@ def stream(asset_id: str):
         if asset is None:
             raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
         current = asset.seq
-    last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    after = int(last) if last and last.isdigit() else current - 1
+    last = (request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "")
+    last = last.strip()
+    if not last:
+        after = current - 1
+    elif last.isascii() and last.isdigit() and len(last) <= 18:
+        after = int(last)
+    else:
+        raise Problem(400, "Bad Last-Event-ID", "Last-Event-ID must be the id of an event "
+                      "this stream sent (a whole number).")
     return Response(_events(s, asset_id, after), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -50,13 +57,13 @@ def _events(s: Services, asset_id: str, after: int) -> Iterator[str]:
     try:
         yield "retry: 2000\n\n"
         while True:
-            rows, gone = _after(s, asset_id, after)
+            rows, gone, final = _after(s, asset_id, after)
             for row in rows:
                 yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.data)}\n\n"
                 after = row.seq
                 if row.kind == "state" and row.data.get("status") in assets.FINAL:
                     return
-            if gone:
+            if gone or (not rows and final):  # nothing after the client's id, and never will be
                 return
             if not rows and not _wait(pubsub, HEARTBEAT):
                 yield ": keep-alive\n\n"
@@ -65,14 +72,16 @@ def _events(s: Services, asset_id: str, after: int) -> Iterator[str]:
             pubsub.close()
 
 
-def _after(s: Services, asset_id: str, after: int) -> tuple[list[AssetEvent], bool]:
+def _after(s: Services, asset_id: str, after: int) -> tuple[list[AssetEvent], bool, bool]:
+    """The events after `after`; whether the asset is gone; whether it is final."""
     with s.db.session(read_only=True) as session:
         rows = list(session.scalars(
             select(AssetEvent).where(AssetEvent.asset_id == asset_id, AssetEvent.seq > after)
             .order_by(AssetEvent.seq).limit(BATCH)
         ))
         asset = session.get(Asset, asset_id)
-        return rows, asset is None or asset.deleted_at is not None
+        gone = asset is None or asset.deleted_at is not None
+        return rows, gone, not gone and asset.status in assets.FINAL
 
 
 def _subscribe(s: Services, asset_id: str):

@@ -19,6 +19,7 @@ from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcn
 from media.sniff import SNIFF_BYTES, sniff
 from media.storage import MAX_PARTS, BadParts
 from tasks.pipeline import enqueue
+from web.api import json_object, text
 from web.api.assets import asset_json
 from web.api.webhooks import upload_target
 from web.auth import require_tenant
@@ -45,11 +46,9 @@ def part_size_for(size: int) -> int:
 @require_tenant
 def create():
     """Start a multipart upload for a file of the given size: 201 with its part layout."""
-    body = _body()
-    filename, size = body.get("filename"), body.get("size")
-    content_type = body.get("content_type") or "application/octet-stream"
-    if not isinstance(filename, str) or not isinstance(content_type, str):
-        raise Problem(400, "Bad upload", "filename and content_type must be strings.")
+    body = json_object()
+    filename, size = text(body.get("filename"), "filename"), body.get("size")
+    content_type = text(body.get("content_type") or "application/octet-stream", "content_type")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise Problem(400, "Bad upload", "size must be the file's size in bytes (at least 1).")
     limit = services().settings.max_upload_bytes
@@ -57,7 +56,7 @@ def create():
         raise too_large(limit)
     part_size = part_size_for(size)
     upload = DirectUpload(id=new_id(), asset_id=new_id(), tenant_id=g.tenant_id,
-                          filename=filename[:1000], content_type=content_type[:255],
+                          filename=filename, content_type=content_type[:255],
                           size=size, part_size=part_size,
                           part_count=math.ceil(size / part_size), storage_upload_id="")
     upload.storage_upload_id = services().storage.create_multipart(upload.key, "application/"
@@ -83,14 +82,14 @@ def show(upload_id: str):
 def sign_parts(upload_id: str):
     """Presigned PUT URLs for the requested part numbers, signed now, valid for an hour."""
     upload = _open_or_409(_get_or_404(upload_id))
-    numbers = _body().get("part_numbers")
+    numbers = json_object().get("part_numbers")
     if (not isinstance(numbers, list) or not 1 <= len(numbers) <= SIGN_BATCH
-            or not all(isinstance(n, int) and 1 <= n <= upload.part_count for n in numbers)):
+            or not all(type(n) is int and 1 <= n <= upload.part_count for n in numbers)):
         raise Problem(400, "Bad part numbers", f"part_numbers must list 1 to {SIGN_BATCH} "
                       f"part numbers from 1 to {upload.part_count}.")
     storage = services().storage
     urls = {str(n): _absolute(storage.presign_part(upload.key, upload.storage_upload_id, n,
-                                                   PART_URL_TTL)) for n in numbers}
+                                                   PART_URL_TTL)) for n in sorted(set(numbers))}
     return jsonify({"urls": urls, "expires_in": PART_URL_TTL})
 
 
@@ -102,7 +101,7 @@ def complete(upload_id: str):
     if upload.status == "completed":  # a retried complete: the same asset again
         return _asset_answer(upload.asset_id)
     _open_or_409(upload)
-    body = _body()
+    body = json_object()
     parts = _parts(body.get("parts"))
     webhook_url = upload_target(body.get("webhook_url"))
     storage = services().storage
@@ -191,8 +190,10 @@ def _check_sizes(upload: DirectUpload, parts: list[tuple[int, str]], stored) -> 
 
 def _parts(value) -> list[tuple[int, str]]:
     try:
-        parts = [(int(p["part_number"]), str(p["etag"])) for p in value]
-    except (TypeError, KeyError, ValueError):
+        parts = [(p["part_number"], text(p["etag"], "etag")) for p in value]
+    except (TypeError, KeyError):
+        parts = []
+    if not all(type(n) is int and 1 <= n <= MAX_PARTS for n, _ in parts):
         parts = []
     if not parts:
         raise Problem(400, "Bad parts", 'parts must be a list of {"part_number", "etag"}.')
@@ -237,11 +238,3 @@ def _asset_answer(asset_id: str):
 
 def _absolute(url: str) -> str:
     return url if url.startswith(("http://", "https://")) else base_url() + url
-
-
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise Problem(400, "Bad request", "Send a JSON object (Content-Type: "
-                      "application/json).")
-    return body

@@ -9,6 +9,7 @@ from media import deliveries
 from media.records import Delivery, Webhook, after_commit
 from media.timefmt import rfc3339
 from media.webhooks import EVENT_TYPES, RefusedTarget, check_url
+from web.api import json_object, text
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import celery, services
@@ -20,7 +21,7 @@ bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/webhooks")
 @require_tenant
 def create():
     """Subscribe a URL to some event types: 201; 422 for a refused target."""
-    body = request.get_json(silent=True) or {}
+    body = json_object()
     url, events = body.get("url"), body.get("events", list(EVENT_TYPES))
     if not isinstance(url, str) or not isinstance(events, list) or not events:
         raise Problem(400, "Bad subscription", 'Send {"url": "...", "events": [...]}.')
@@ -28,7 +29,7 @@ def create():
     if unknown:
         raise Problem(422, "Unknown event type", f"Unknown events {unknown}; choose from "
                       f"{list(EVENT_TYPES)}.")
-    check_target(url)
+    check_target(text(url, "url"))
     with services().db.session() as session:
         hook = Webhook(tenant_id=g.tenant_id, url=url, events=sorted(set(events)))
         session.add(hook)
@@ -87,12 +88,15 @@ def check_target(url: str) -> None:
         raise Problem(422, "Refused webhook URL", str(exc)) from None
 
 
-def upload_target(value: str | None) -> str | None:
+def upload_target(value: object) -> str | None:
     """An upload's optional `webhook_url`: None when blank, else checked as `check_target`."""
-    if not value or not value.strip():
+    if value is None or value == "":
         return None
-    check_target(value.strip())
-    return value.strip()
+    value = text(value, "webhook_url").strip()
+    if not value:
+        return None
+    check_target(value)
+    return value
 
 
 def _json(hook: Webhook) -> dict:
