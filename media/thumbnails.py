@@ -14,6 +14,7 @@ or GPS; it carries an sRGB ICC profile.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -37,6 +38,7 @@ AVIF_QUALITY = 60
 WEBP_METHOD = 4
 JPEG_SUBSAMPLING = "4:2:0"  # Pillow's and libvips' default, stated so benchmarks can match
 DEFAULT_MAX_PIXELS = 100_000_000
+log = logging.getLogger(__name__)
 # Animated output: enough frames for any GIF people share, bounded so memory stays bounded.
 MAX_ANIMATION_FRAMES = 300
 
@@ -470,10 +472,9 @@ def _load(image: Image.Image) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(
-            "The image is truncated or corrupt and cannot be decoded: export or upload the "
-            f"complete file again (the decoder said: {exc})."
-        ) from exc
+        log.info("decoding failed: %s", exc)  # the decoder's words, for whoever debugs it
+        raise MediaError("The image is truncated or corrupt and cannot be decoded: export or "
+                         "upload the complete file again.") from exc
     return image
 
 

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
-    abort,
     g,
     redirect,
     render_template,
@@ -86,11 +85,25 @@ def csrf_token() -> str:
 
 
 @bp.before_app_request
-def _check_csrf() -> None:
+def _check_csrf():
     """Every form the site posts carries the session's token; other origins cannot."""
     if (request.method == "POST" and request.blueprint == "site"
             and not csrf_matches(request.form.get("csrf_token", ""))):
-        abort(400, "The form expired; reload the page and try again.")
+        if request.endpoint == "site.login":
+            expired = ("The sign-in form expired (it was opened before another sign-in or "
+                       "sign-out); sign in again.")
+            return render_template("login.html", error=expired), 400
+        return error_page(400, "The form expired", "This page was opened before you signed "
+                          "in or out elsewhere; reload it and try again.")
+    return None
+
+
+def error_page(status: int, title: str, message: str):
+    """An error as a page of the site, with a way on, instead of the API's problem+json."""
+    back = ((url_for("site.gallery"), "Back to the library") if session.get("tenant_id")
+            else (url_for("site.login"), "Sign in"))
+    return render_template("error.html", title=title, message=message, back_url=back[0],
+                           back_label=back[1]), status
 
 
 @bp.after_app_request
@@ -131,9 +144,10 @@ def login():
             tenant = tenant_for_key(db, key) if key else None
             name = tenant.name if tenant else ""
         if tenant is not None:
+            # The token stays: pages open in other tabs keep working after this sign-in.
+            token = session.get("csrf") or secrets.token_urlsafe(32)
             session.clear()
-            session.update(tenant_id=tenant.id, tenant_name=name,
-                           csrf=secrets.token_urlsafe(32))
+            session.update(tenant_id=tenant.id, tenant_name=name, csrf=token)
             session.permanent = True
             return redirect(_safe_next(request.args.get("next")))
         error = "That API key is not valid. Check it, or create one with " \
@@ -178,7 +192,8 @@ def detail(asset_id: str):
     with services().db.session(read_only=True) as db:
         asset = assets.get(db, g.tenant_id, asset_id)
         if asset is None:
-            abort(404, f"No asset {asset_id!r} for this account.")
+            return error_page(404, "Not found", "There is no such asset in this account: it "
+                              "was deleted, or the link is wrong.")
         item = asset_json(asset)
         rows = db.scalars(select(Delivery).where(
             Delivery.tenant_id == g.tenant_id, Delivery.asset_id == asset_id)
@@ -192,7 +207,7 @@ def detail(asset_id: str):
 def reprocess(asset_id: str):
     """Run every job again, then back to the detail page."""
     if not reprocess_asset(g.tenant_id, asset_id):
-        abort(404)
+        return error_page(404, "Not found", "There is no such asset in this account.")
     return redirect(url_for("site.detail", asset_id=asset_id))
 
 
@@ -201,7 +216,8 @@ def reprocess(asset_id: str):
 def delete(asset_id: str):
     """Delete the asset (its objects are purged shortly), then back to the gallery."""
     if not delete_asset(g.tenant_id, asset_id):
-        abort(404)
+        return error_page(404, "Not found", "There is no such asset in this account: it "
+                          "may have been deleted already.")
     return redirect(url_for("site.gallery"))
 
 

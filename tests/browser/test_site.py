@@ -22,7 +22,8 @@ def cards(page) -> list[dict]:
     return page.eval_on_selector_all("#cards .upload-card", """cards => cards.map(c => ({
         name: c.querySelector('.name').textContent, status: c.dataset.status,
         progress: Number(c.querySelector('.bar').getAttribute('aria-valuenow')),
-        error: c.querySelector('.error').hidden ? '' : c.querySelector('.error').textContent,
+        error: c.querySelector('.body > .error').hidden ? ''
+            : c.querySelector('.body > .error').textContent,
         thumbWidth: c.querySelector('.thumb img') ? c.querySelector('.thumb img').naturalWidth : 0,
         assetId: c.dataset.assetId || ''}))""")
 
@@ -158,4 +159,69 @@ def test_large_file_goes_to_the_bucket_in_parts_and_resumes(browser, site, corpu
     head = boto3.client("s3", endpoint_url=site.stack.env["MEDIAMILL_S3_ENDPOINT_URL"]) \
         .head_object(Bucket=bucket, Key=f"media/assets/{card['assetId']}/original")
     assert head["ContentLength"] == size
+    assert page.errors == [], page.errors
+
+
+def test_refusals_failures_and_a_second_sign_in(browser, site, corpus, tmp_path):
+    """A refused file is said why and never sent again; a failed job's reason shows once,
+    as the card's alert naming the job; signing in again in another tab leaves open
+    pages working; site errors are pages, not JSON."""
+    site = site(queues=("metadata", "thumbnails"))
+    page = new_page(browser)
+    login(page, site)
+    creates: list[str] = []
+    page.on("request", lambda r: creates.append(r.post_data or "") if r.method == "POST"
+            and r.url.endswith("/api/v1/uploads") else None)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n" * 100)
+    choose_files(page, [notes, corpus / "images/pillow/truncated_jpeg.jpg"])
+    page.wait_for_function("""() => {
+        const c = [...document.querySelectorAll('#cards .upload-card')];
+        return c.length === 2 && c.every(x => ['refused', 'failed'].includes(x.dataset.status))
+            && c.every(x => [...x.querySelectorAll('.jobs li')].every(
+                j => ['completed', 'failed'].includes(j.dataset.status))); }""", timeout=120_000)
+    by_name = {c["name"]: c for c in cards(page)}
+    assert by_name["notes.txt"]["status"] == "refused"
+    assert by_name["notes.txt"]["error"].startswith("The file is not an image or video")
+    broken = page.locator(".upload-card", has_text="truncated_jpeg.jpg")
+    alert = broken.locator(".body > .error")  # once, naming the job, and announced
+    assert alert.is_visible() and alert.get_attribute("role") == "alert"
+    assert alert.inner_text().startswith("Thumbnails failed: The image is truncated or corrupt")
+    assert broken.locator(".jobs .error:visible").count() == 0
+    assert broken.locator("[data-job=thumbnails]").get_attribute("data-status") == "failed"
+    assert page.evaluate("() => window.mediamillUppy.getFiles().map(f => f.name)") == [
+        "truncated_jpeg.jpg"]
+    screenshot(page, "upload-refusals-desktop")
+
+    # Sign in again in another tab of the same browser: this tab's next upload still works.
+    other = page.context.new_page()
+    other.goto(f"{site.url}/login")
+    other.fill("#api_key", site.key)
+    other.click("main button[type=submit]")  # not the top bar's Sign out
+    other.wait_for_url(f"{site.url}/")
+    # A second batch, through the Dashboard's own file input ("Add more").
+    page.click(".uppy-DashboardContent-addMore")
+    page.set_input_files("input.uppy-Dashboard-input[type=file] >> nth=0", str(corpus / PHOTOS[0]))
+    page.wait_for_function("""() => {
+        const c = [...document.querySelectorAll('#cards .upload-card')]
+            .find(x => x.querySelector('.name').textContent === 'Landscape_1.jpg');
+        return c && c.dataset.status === 'completed'; }""", timeout=120_000)
+    assert sum('"notes.txt"' in body for body in creates) == 1, creates  # never sent again
+
+    # A sign-in form from before a sign-out elsewhere, and a missing asset: pages that say so.
+    stale = page.context.new_page()
+    stale.goto(f"{site.url}/login")
+    other.click("button:has-text('Sign out')")
+    stale.fill("#api_key", site.key)
+    stale.click("main button[type=submit]")
+    stale.wait_for_selector("main .alert")
+    assert "sign-in form expired" in stale.inner_text("main .alert")  # a page, not JSON
+    stale.fill("#api_key", site.key)  # that page's form carries a fresh token
+    stale.click("main button[type=submit]")
+    stale.wait_for_url(f"{site.url}/")
+    missing = stale.goto(f"{site.url}/assets/nope")
+    assert missing.status == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    assert stale.inner_text("h1") == "Not found"
+    screenshot(stale, "not-found-desktop")
     assert page.errors == [], page.errors

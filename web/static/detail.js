@@ -1,5 +1,5 @@
-/* The detail page: live job states until the asset is final, then a reload for the
-   finished preview and player; a confirmation before delete. */
+/* The detail page: live job states until the asset and all its jobs are final, then a
+   reload for the finished preview and player; a confirmation before delete. */
 (function () {
   'use strict';
   const mm = window.mediamill;
@@ -12,10 +12,10 @@
       if (!window.confirm(form.dataset.confirm)) event.preventDefault();
     });
   }
-  if (!detail || mm.FINAL.includes(detail.dataset.status)) return;
+  if (!detail || detail.dataset.settled === 'true') return;
   mm.watch(detail.dataset.assetId, (asset) => {
     mm.renderJobs(document.getElementById('jobs'), asset);
     mm.badge(document.getElementById('status'), asset.status);
-    if (mm.FINAL.includes(asset.status)) window.location.reload();
+    if (mm.settled(asset)) window.location.reload();
   });
 })();

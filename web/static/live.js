@@ -1,15 +1,40 @@
 /* Live asset status over server-sent events (GET /api/v1/assets/{id}/events).
-   The session cookie authenticates the stream; it ends by itself after a final state. */
+   The session cookie authenticates the stream; it ends by itself after a final state.
+   An asset is failed as soon as one job fails, while its other jobs may still run: those
+   are then followed by asking for the asset every few seconds until they end too. */
 (function () {
   'use strict';
   const FINAL = ['completed', 'failed'];
+
+  const POLL_MS = 3000;
+
+  /* The asset and every one of its jobs are final: nothing about it will change. */
+  function settled(asset) {
+    return FINAL.includes(asset.status) &&
+      Object.values(asset.jobs || {}).every((job) => FINAL.includes(job.status));
+  }
+
+  function poll(assetId, onAsset) {
+    window.setTimeout(async () => {
+      const response = await fetch('/api/v1/assets/' + encodeURIComponent(assetId), {
+        credentials: 'same-origin', headers: { Accept: 'application/json' },
+      }).catch(() => null);
+      if (response && response.status === 404) return;  // deleted meanwhile
+      const asset = response && response.ok ? await response.json() : null;
+      if (asset) onAsset(asset);
+      if (!asset || !settled(asset)) poll(assetId, onAsset);
+    }, POLL_MS);
+  }
 
   function watch(assetId, onAsset) {
     const source = new EventSource('/api/v1/assets/' + encodeURIComponent(assetId) + '/events');
     const handle = (event) => {
       const asset = JSON.parse(event.data);
       onAsset(asset);
-      if (FINAL.includes(asset.status)) source.close();
+      if (FINAL.includes(asset.status)) {
+        source.close();
+        if (!settled(asset)) poll(assetId, onAsset);
+      }
     };
     source.addEventListener('state', handle);
     source.addEventListener('progress', handle);
@@ -37,8 +62,9 @@
     return null;
   }
 
-  /* Render the jobs of `asset` into `list` (an <ul>), one row per job. */
-  function renderJobs(list, asset) {
+  /* Render the jobs of `asset` into `list` (an <ul>), one row per job, each with its error
+     unless `withErrors` is false (the caller then shows the reason once, elsewhere). */
+  function renderJobs(list, asset, withErrors = true) {
     for (const [kind, job] of Object.entries(asset.jobs || {})) {
       let row = list.querySelector('[data-job="' + kind + '"]');
       if (!row) {
@@ -59,10 +85,10 @@
         error.className = 'error';
         row.appendChild(error);
       }
-      error.hidden = !job.error;
-      error.textContent = job.error || '';
+      error.hidden = !job.error || !withErrors;
+      error.textContent = withErrors ? job.error || '' : '';
     }
   }
 
-  window.mediamill = { watch, setBar, badge, thumbnail, renderJobs, FINAL };
+  window.mediamill = { watch, settled, setBar, badge, thumbnail, renderJobs, FINAL };
 })();

@@ -46,7 +46,7 @@
       const limit = /limit of (\d+) bytes/.exec(detail);
       return limit ? 'Too large: the limit is ' + fmtBytes(Number(limit[1])) + ' per file.' : 'Too large. ' + detail;
     }
-    if (status === 415) return 'Not a photo or video we can process. ' + detail;
+    if (status === 415) return detail;  // the server's sentence already says what is accepted
     if (status === 401) return 'Your session has ended; sign in again.';
     return detail;
   }
@@ -134,7 +134,7 @@
   }
 
   function showError(card, message) {
-    const el = card.querySelector('.error');
+    const el = card.querySelector('.body > .error');  // not a job row's own error line
     el.textContent = message;
     el.hidden = false;
   }
@@ -148,7 +148,7 @@
     setUploadProgress(card, 1);
     const update = (current) => {
       setStatus(card, current.status);
-      mm.renderJobs(card.querySelector('.jobs'), current);
+      mm.renderJobs(card.querySelector('.jobs'), current, false);  // the reason: in the alert
       const url = mm.thumbnail(current, 256);
       const thumb = card.querySelector('.thumb');
       if (url && !thumb.querySelector('img')) {
@@ -157,11 +157,14 @@
         img.src = url;
         thumb.replaceChildren(img);
       }
-      const failed = Object.values(current.jobs || {}).find((j) => j.error);
-      if (current.status === 'failed' && failed) showError(card, failed.error);
+      const failed = Object.entries(current.jobs || {}).find(([, job]) => job.error);
+      if (current.status === 'failed' && failed) {
+        const kind = failed[0].charAt(0).toUpperCase() + failed[0].slice(1);
+        showError(card, kind + ' failed: ' + failed[1].error);
+      }
     };
     update(asset);
-    if (!mm.FINAL.includes(asset.status)) mm.watch(asset.id, update);
+    if (!mm.settled(asset)) mm.watch(asset.id, update);
   }
 
   uppy.on('file-added', (file) => { setStatus(cardFor(file), 'uploading'); });
@@ -173,11 +176,19 @@
     const card = cardFor(file);
     if (response && response.body && response.body.asset) follow(card, response.body.asset);
   });
+  const refused = new Set();  // files the server refused for good: never sent again
   uppy.on('upload-error', (file, error) => {
     if (!file) return;
     const card = cardFor(file);
     setStatus(card, 'refused');
     showError(card, error && error.message ? error.message.replace(/^.*?Error: /, '') : 'The upload failed.');
+    const status = error && (error.status || (error.cause && error.cause.status));
+    if (status >= 400 && status < 500 && status !== 401) {
+      // Too large, not media, malformed: the same file would be refused again, so it leaves
+      // Uppy (which would otherwise send it again with the next batch, or on Retry).
+      refused.add(file.id);
+      window.setTimeout(() => uppy.removeFile(file.id), 0);
+    }
   });
   uppy.on('file-removed', (file) => {
     const card = cards.get(file.id);
@@ -202,19 +213,20 @@
   const overall = document.getElementById('overall');
   /* Bytes sent of every file still going or done; refused and cancelled files drop out. */
   function updateOverall() {
-    let sent = 0, total = 0, refused = 0, active = 0;
+    let sent = 0, total = 0, failed = 0, active = 0;
     for (const file of uppy.getFiles()) {
-      if (file.error) { refused += 1; continue; }
+      if (file.error) { failed += 1; continue; }
       total += file.size || 0;
       sent += file.progress.uploadComplete ? file.size || 0 : file.progress.bytesUploaded || 0;
       if (!file.progress.uploadComplete) active += 1;
     }
-    if (!total && !refused) return;
+    const notSent = failed + refused.size;
+    if (!total && !notSent) return;
     overall.hidden = false;
     const pct = mm.setBar(overall.querySelector('.bar'), total ? sent / total : 1);
     document.getElementById('overall-text').textContent = pct + '%';
     document.getElementById('overall-label').textContent =
-      (active ? 'Uploading' : 'Uploaded') + (refused ? ' · ' + refused + ' refused' : '');
+      (active ? 'Uploading' : 'Uploaded') + (notSent ? ' · ' + notSent + ' refused' : '');
   }
   for (const event of ['upload-progress', 'upload-success', 'upload-error', 'file-removed', 'restored']) {
     uppy.on(event, () => window.requestAnimationFrame(updateOverall));
