@@ -1,5 +1,5 @@
 """Configuration read by every process: settings from the environment and Celery's."""
 
-from config.settings import ConfigError, Settings, load
+from config.settings import ConfigError, Settings, load, stop
 
-__all__ = ["ConfigError", "Settings", "load"]
+__all__ = ["ConfigError", "Settings", "load", "stop"]

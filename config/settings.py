@@ -123,14 +123,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings.from_env(os.environ if environ is None else environ).with_secret()
     except ConfigError as exc:
-        _exit(f"mediamill: configuration error: {exc}")
+        stop(f"mediamill: configuration error: {exc}")
     except OSError as exc:
-        _exit(f"mediamill: configuration error: MEDIAMILL_SECRET_KEY unset and {exc}")
+        stop(f"mediamill: configuration error: MEDIAMILL_SECRET_KEY unset and {exc}")
 
 
-def _exit(line: str) -> NoReturn:
+def stop(line: str) -> NoReturn:
+    """Stop a starting process with one line. Exit status 3 is gunicorn's "worker failed to
+    boot": its master then stops too, instead of booting a new worker forever."""
     print(line, file=sys.stderr)
-    sys.exit(2)
+    sys.exit(3)
 
 
 def _create_secret(path: Path) -> None:

@@ -43,12 +43,13 @@ class Upload:
 
 
 def create(session: Session, tenant_id: str, upload: Upload, webhook_url: str | None = None,
-           outbox: Outbox | None = None) -> Asset:
-    """Record a stored upload as a queued asset with one queued job per processing kind."""
+           outbox: Outbox | None = None, public_url: str | None = None) -> Asset:
+    """Record a stored upload as a queued asset with one queued job per processing kind.
+    `public_url`: the base URL it was uploaded through, for links made outside requests."""
     asset = Asset(
         id=upload.asset_id, tenant_id=tenant_id, kind=upload.kind, filename=upload.filename,
         content_type=upload.content_type, size=upload.size, sha256=upload.sha256,
-        webhook_url=webhook_url, status="queued", meta={},
+        webhook_url=webhook_url, public_url=public_url, status="queued", meta={},
         jobs=[Job(kind=kind) for kind in JOB_KINDS[upload.kind]],
     )
     session.add(asset)

@@ -81,13 +81,16 @@ def to_json(delivery: Delivery) -> dict:
     return {
         "id": delivery.id,
         "event_type": delivery.event_type,
-        "webhook_id": delivery.webhook_id,
+        # The Standard Webhooks `webhook-id` header value, the same on every (re)send: a
+        # receiver matches what it got to this entry by it.
+        "webhook_id": delivery.message_id,
+        # The subscription it was sent for; None for the upload's own webhook_url.
+        "subscription_id": delivery.webhook_id,
         "url": delivery.url,
         "status": delivery.status,
         "attempts": [{k: a.get(k) for k in ("at", "status_code", "duration_ms", "error")}
                      for a in delivery.attempts],
         "next_attempt_at": rfc3339(delivery.next_attempt_at) if delivery.next_attempt_at
         else None,
-        "message_id": delivery.message_id,
         "asset_id": delivery.asset_id,
     }

@@ -102,6 +102,9 @@ class Asset(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    # The base URL the asset was uploaded through ("the request host"): links that workers
+    # put in events and webhooks point there, not at the worker's own host and port.
+    public_url: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict] = mapped_column(default=dict)
     seq: Mapped[int] = mapped_column(Integer, default=0)  # last event's sequence number
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

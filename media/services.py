@@ -7,14 +7,23 @@ import os
 from dataclasses import dataclass, field
 
 import redis
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from config.settings import Settings
+from config.settings import Settings, stop
 from media import storage as storage_module
+from media.errors import StorageUnavailable
 from media.events import CHANNEL, Outbox
 from media.records import Asset, Database
-from media.storage import Storage
+from media.storage import FileStorage, Storage
 
 log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a start-up failure: the driver's own message, its first line."""
+    reason = getattr(exc, "orig", None) or exc
+    return (str(reason).strip().splitlines() or [type(reason).__name__])[0]
 
 # Links inside recorded events (webhook bodies, the live stream) must outlive a day of
 # webhook retries; 7 days is the longest an S3 presigned URL may live.
@@ -45,6 +54,11 @@ class Services:
         """Where links made outside a request point: MEDIAMILL_PUBLIC_URL, else this host."""
         return self.settings.public_url or f"http://127.0.0.1:{self.settings.port}"
 
+    def asset_base_url(self, asset: Asset) -> str:
+        """Where links about `asset` point: MEDIAMILL_PUBLIC_URL, else the host it was
+        uploaded through (a worker's own PORT, under honcho, is not the web's)."""
+        return self.settings.public_url or asset.public_url or self.base_url
+
     @property
     def redis(self) -> redis.Redis:
         """One client per process (made after fork) for the live-status channel."""
@@ -58,7 +72,24 @@ class Services:
         """The asset JSON as events carry it."""
         from media.assets import to_json
 
-        return to_json(asset, self.storage, self.base_url, EVENT_URL_TTL)
+        return to_json(asset, self.storage, self.asset_base_url(asset), EVENT_URL_TTL)
+
+    def prepare(self, schema: bool = True, storage: bool = False) -> None:
+        """At process start: bring the schema up to date and, with `storage`, make sure a
+        local storage directory is writable. If either cannot be done, stop the process
+        with one line naming the setting (the contract's "one clear line", no traceback)."""
+        try:
+            if schema:
+                self.db.upgrade()
+        except (SQLAlchemyError, OSError) as exc:
+            url = make_url(self.settings.database_url).render_as_string(hide_password=True)
+            stop(f"mediamill: cannot open the database DATABASE_URL={url}: {_first_line(exc)}")
+        if storage and isinstance(self.storage, FileStorage):
+            try:
+                self.storage.check()
+            except (OSError, StorageUnavailable) as exc:
+                stop(f"mediamill: cannot use MEDIAMILL_STORAGE_URL={self.settings.storage_url}:"
+                     f" {_first_line(exc)}")
 
     def publish(self, asset_id: str, seq: int) -> None:
         """Wake live streams of this asset; losing one only delays them to their next poll."""

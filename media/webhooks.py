@@ -53,9 +53,7 @@ class Attempt:
 
 def refused_reason(ip: str, allow_private: bool) -> str | None:
     """Why a webhook may not connect to `ip`, or None if it may."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    address = _embedded_ipv4(ipaddress.ip_address(ip.split("%", 1)[0]))
     if address.is_multicast or address.is_unspecified:
         return f"{address} is a multicast or unspecified address"
     if address.is_global:
@@ -64,6 +62,25 @@ def refused_reason(ip: str, allow_private: bool) -> str | None:
         return None
     return (f"{address} is a private, loopback, link-local, reserved or metadata address "
             "(set MEDIAMILL_WEBHOOK_ALLOW_PRIVATE=1 to allow it for development)")
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    """The IPv4 address an IPv6 one stands for (mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d,
+    6to4 2002:aabb:ccdd::, the old IPv4-compatible ::a.b.c.d), else the address itself:
+    Python calls the last three global, yet they can lead to 127.0.0.1 or 10.0.0.1."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
 
 
 def check_url(url: str, allow_private: bool) -> None:

@@ -61,7 +61,7 @@ def _prepare_worker(sender=None, **_) -> None:
     import shutil
 
     services = sender.app.services
-    services.db.upgrade()
+    services.prepare(storage=True)
     services.db.dispose()  # children make their own connections after fork
     for tool in ("ffmpeg", "ffprobe"):
         if shutil.which(tool) is None:

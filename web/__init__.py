@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     celery_app = make_celery(settings)
     services = celery_app.services
-    services.db.upgrade()
+    services.prepare()
     app.extensions["mediamill"] = services
     app.extensions["celery"] = celery_app
     for blueprint in (assets.bp, events.bp, webhooks.bp, uploads.bp, uploads.parts_bp,

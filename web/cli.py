@@ -18,6 +18,8 @@ def register(app: Flask) -> None:
     @click.argument("name")
     def create_api_key_command(name: str) -> None:
         """Issue an API key for tenant NAME (created if new); prints one JSON line."""
+        if not name.strip():
+            raise click.BadParameter("must not be empty", param_hint="NAME")
         with services().db.session() as session:
             issued = create_api_key(session, name)
         click.echo(json.dumps(issued))
@@ -37,7 +39,7 @@ def register(app: Flask) -> None:
                 click.echo("bucket CORS not supported here; allow PUT and expose ETag for the "
                            "site's origin in the store's own settings", err=True)
         else:
-            s.storage.check()
+            s.prepare(schema=False, storage=True)  # else one line naming the setting; exit
             click.echo("storage directory is ready")
 
 

@@ -11,7 +11,7 @@ from flask import Blueprint, Response
 from kombu import Connection
 from kombu.exceptions import ChannelError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from config.celery import QUEUES, transport_options
@@ -57,10 +57,11 @@ class Collector:
         yield depth
 
     def _jobs(self, session):
-        counts = CounterMetricFamily("mediamill_jobs", "Jobs by queue and outcome",
-                                     labels=["kind", "status"])
-        seconds = CounterMetricFamily("mediamill_job_seconds",
-                                      "Time spent in finished jobs", labels=["kind", "status"])
+        # Gauges, not counters: they count rows on record, which purges and prunes remove.
+        counts = GaugeMetricFamily("mediamill_jobs", "Jobs on record by queue and status",
+                                   labels=["kind", "status"])
+        seconds = GaugeMetricFamily("mediamill_job_seconds", "Time spent in the finished jobs "
+                                    "on record", labels=["kind", "status"])
         rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(
             Job.kind, Job.status))
         for kind, status, count in rows:
@@ -79,9 +80,9 @@ class Collector:
         yield counts
         yield seconds
 
-    def _deliveries(self, session) -> CounterMetricFamily:
-        family = CounterMetricFamily("mediamill_webhook_deliveries",
-                                     "Webhook deliveries by outcome", labels=["status"])
+    def _deliveries(self, session) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("mediamill_webhook_deliveries",
+                                   "Webhook deliveries in the log by status", labels=["status"])
         for status, count in session.execute(
                 select(Delivery.status, func.count()).group_by(Delivery.status)):
             family.add_metric([status], count)
@@ -90,10 +91,10 @@ class Collector:
     def _uploads(self, session):
         count, size = session.execute(select(func.count(), func.coalesce(func.sum(Asset.size), 0))
                                       ).one()
-        yield CounterMetricFamily("mediamill_uploads", "Assets uploaded (not yet purged)",
-                                  value=count)
-        yield CounterMetricFamily("mediamill_upload_bytes", "Bytes of those uploads",
-                                  value=int(size))
+        yield GaugeMetricFamily("mediamill_uploads", "Assets on record (not yet purged)",
+                                value=count)
+        yield GaugeMetricFamily("mediamill_upload_bytes", "Bytes of those uploads",
+                                value=int(size))
 
 
 def queue_depths(settings: Settings) -> dict[str, int]:

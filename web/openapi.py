@@ -178,7 +178,10 @@ SCHEMAS = {
     "WebhookList": {"type": "object", "properties": {
         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Webhook"}}}},
     "Delivery": {"type": "object", "properties": {
-        "id": _STR, "event_type": _STR, "webhook_id": {"type": ["string", "null"]},
+        "id": _STR, "event_type": _STR,
+        "webhook_id": {"type": "string", "description": "the webhook-id header it is sent with"},
+        "subscription_id": {"type": ["string", "null"],
+                            "description": "the subscription; null for the upload's webhook_url"},
         "url": _STR, "status": {"enum": ["pending", "delivered", "failed"]},
         "attempts": {"type": "array", "items": {"type": "object", "properties": {
             "at": _STR, "status_code": {"type": ["integer", "null"]}, "duration_ms": _INT,

@@ -249,6 +249,48 @@ def test_bad_setting_stops_the_process_with_one_line(tmp_path, command):
     assert "DATABASE_URL" in lines[0] and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(("variable", "value", "command"), [
+    ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db", ["flask", "--app", "web", "release"]),
+    ("DATABASE_URL", "sqlite:////proc/nope/x.db", ["flask", "--app", "web", "create-api-key", "x"]),
+    ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", ["flask", "--app", "web", "release"]),
+    ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", ["celery", "-A", "tasks", "worker", "-Q",
+                                                    "metadata", "--pool", "solo"]),
+])
+def test_unreachable_database_or_storage_stops_with_one_line(tmp_path, variable, value, command):
+    env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, f"sqlite:///{tmp_path / 'db'}",
+                    f"file://{tmp_path / 'storage'}")
+    env[variable] = value
+    argv = [str(Path(sys.executable).parent / command[0]), *command[1:]]
+    out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = [x for x in out.stderr.splitlines() if x.startswith("mediamill: cannot")]
+    assert len(line) == 1 and variable in line[0], out.stderr[-2000:]
+    assert "secret" not in out.stderr  # the password is not printed
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MEDIAMILL_MAX_UPLOAD_BYTES", "abc"),
+    ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db"),
+])
+def test_web_with_a_bad_setting_stops_with_one_line(tmp_path, variable, value):
+    """The Procfile's gunicorn checks in its master: without that, gunicorn boots a new
+    worker each time one exits, or halts with a traceback of its own."""
+    env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, f"sqlite:///{tmp_path / 'db'}",
+                    f"file://{tmp_path / 'storage'}")
+    env[variable] = value
+    procfile = (ROOT / "Procfile").read_text().splitlines()
+    web = next(line for line in procfile if line.startswith("web:"))
+    assert '--config python:config.gunicorn' in web
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    out = subprocess.run([gunicorn, "web:create_app()", "--config", "python:config.gunicorn",
+                          "--bind", "127.0.0.1:0", "--workers", "2"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert out.stderr.strip().count("\n") == 0, out.stderr[-2000:]  # one line, nothing else
+    assert variable in out.stderr and "secret" not in out.stderr
+
+
 def test_storage_down_during_upload_is_503_not_500(tmp_path, redis_server):
     from web import create_app
 

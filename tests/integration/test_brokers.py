@@ -126,7 +126,7 @@ def test_sqs_broker_runs_the_pipeline_webhooks_and_beat(make_sqs_stack, receiver
     assert scrape.status_code == 200
     lines = scrape.data.decode().splitlines()
     assert "mediamill_broker_up 1.0" in lines
-    assert 'mediamill_jobs_total{kind="video",status="completed"} 1.0' in lines
+    assert 'mediamill_jobs{kind="video",status="completed"} 1.0' in lines
 
 
 @pytest.mark.integration

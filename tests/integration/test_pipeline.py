@@ -224,9 +224,9 @@ def test_metrics_reflect_queues_jobs_and_uploads(make_stack, corpus):
     lines = set(text.splitlines())
     assert "mediamill_broker_up 1.0" in lines
     assert 'mediamill_queue_depth{queue="video"} 1.0' in lines  # waiting: no video worker
-    assert 'mediamill_jobs_total{kind="thumbnails",status="completed"} 2.0' in lines
-    assert 'mediamill_jobs_total{kind="video",status="queued"} 1.0' in lines
-    assert "mediamill_uploads_total 2.0" in lines
+    assert 'mediamill_jobs{kind="thumbnails",status="completed"} 2.0' in lines
+    assert 'mediamill_jobs{kind="video",status="queued"} 1.0' in lines
+    assert "mediamill_uploads 2.0" in lines
     size = path.stat().st_size + (corpus / "video/example.mp4").stat().st_size
-    assert f"mediamill_upload_bytes_total {float(size)}" in lines
-    assert 'mediamill_job_seconds_total{kind="metadata",status="completed"}' in text
+    assert f"mediamill_upload_bytes {float(size)}" in lines
+    assert 'mediamill_job_seconds{kind="metadata",status="completed"}' in text

@@ -83,7 +83,8 @@ def test_failing_receiver_gets_the_same_webhook_id_until_it_answers(make_stack, 
         return log if log and log[0]["status"] == "delivered" else None
 
     log = wait_for(delivered, timeout=30, what="delivery logged")
-    assert len(log) == 1 and log[0]["webhook_id"] == hook.json["id"]
+    assert len(log) == 1 and log[0]["subscription_id"] == hook.json["id"]
+    assert log[0]["webhook_id"] == attempts[0].headers["webhook-id"]
     assert [a["status_code"] for a in log[0]["attempts"]] == [500, 500, 500, 200]
     assert log[0]["next_attempt_at"] is None
 
@@ -143,6 +144,8 @@ def test_exactly_one_completed_event_per_asset_across_50_uploads(make_stack, rec
     "http://127.0.0.1:8080/hook", "http://10.0.0.1/hook", "http://169.254.169.254/latest",
     "http://[::1]:8000/hook", "http://localhost:5000/hook", "http://[::ffff:127.0.0.1]/x",
     "ftp://example.com/x", "http://user:pw@example.com/x",
+    "http://[64:ff9b::7f00:1]/x", "http://[2002:7f00:1::]/x", "http://[::127.0.0.1]/x",
+    "http://[::ffff:a00:1]/x", "http://2130706433/x", "http://0x7f.1/x", "http://[::1/x",
 ])
 def test_refused_targets(make_stack, url):
     stack = make_stack(queues=())
@@ -226,7 +229,15 @@ def test_event_stream_replays_in_order_and_resumes(make_stack, corpus):
     progress = [e["data"]["jobs"]["video"]["progress"] for e in everything
                 if e["event"] == "progress"]
     assert progress and progress == sorted(progress) and 0 < progress[0] < 1
-    assert live == everything[-len(live):]
+    # The current state first, rendered for this request, then the recorded events.
+    assert live[0]["event"] == "state"
+    assert [e["id"] for e in live] == ids[-len(live):]
+    assert live[1:] == everything[len(everything) - len(live) + 1:]
+    # Links recorded by the workers point where the asset was uploaded (the test client's
+    # host), not at a worker's own host and PORT.
+    urls = [d["url"] for e in everything for d in e["data"]["derivatives"]]
+    urls += [e["data"]["original_url"] for e in everything]
+    assert urls and all(u.startswith("http://localhost/") for u in urls), urls[:3]
     middle = ids[len(ids) // 2]
     resumed = read_events(client, key, asset_id, last_event_id=middle)
     assert [e["id"] for e in resumed] == ids[ids.index(middle) + 1:]

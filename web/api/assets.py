@@ -163,7 +163,7 @@ def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
     try:
         with services().db.session() as session:
             asset = assets.create(session, g.tenant_id, upload, webhook_url,
-                                  services().outbox)
+                                  services().outbox, public_url=base_url())
             if idempotency_key:
                 session.add(IdempotencyKey(tenant_id=g.tenant_id, key=idempotency_key,
                                            sha256=upload.sha256, asset_id=asset_id,

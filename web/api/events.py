@@ -19,6 +19,7 @@ from media import assets
 from media.events import CHANNEL
 from media.records import Asset, AssetEvent
 from media.services import Services
+from web.api.assets import asset_json
 from web.auth import require_tenant
 from web.errors import Problem
 from web.extensions import services
@@ -34,32 +35,42 @@ def stream(asset_id: str):
     """Server-sent events of one asset: `id` is its sequence number, `event` is `state` or
     `progress`, `data` the asset JSON."""
     s = services()
+    last = (request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "")
+    last = last.strip()
+    if last and not (last.isascii() and last.isdigit() and len(last) <= 18):
+        raise Problem(400, "Bad Last-Event-ID", "Last-Event-ID must be the id of an event "
+                      "this stream sent (a whole number).")
     with s.db.session(read_only=True) as session:
         asset = assets.get(session, g.tenant_id, asset_id)
         if asset is None:
             raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
-        current = asset.seq
-    last = (request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "")
-    last = last.strip()
-    if not last:
-        after = current - 1
-    elif last.isascii() and last.isdigit() and len(last) <= 18:
-        after = int(last)
-    else:
-        raise Problem(400, "Bad Last-Event-ID", "Last-Event-ID must be the id of an event "
-                      "this stream sent (a whole number).")
-    return Response(_events(s, asset_id, after), mimetype="text/event-stream",
+        # Without Last-Event-ID: the current state first, as an answer to this request
+        # (its links point at the host asked), under the id of the latest event.
+        first = None if last else _event(asset.seq, "state", asset_json(asset))
+        after = int(last) if last else asset.seq
+        final = asset.status in assets.FINAL
+    events = _events(s, asset_id, after, first, final)
+    return Response(events, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _events(s: Services, asset_id: str, after: int) -> Iterator[str]:
+def _event(seq: int, kind: str, data: dict) -> str:
+    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _events(s: Services, asset_id: str, after: int, first: str | None,
+            final: bool) -> Iterator[str]:
+    yield "retry: 2000\n\n"
+    if first is not None:
+        yield first
+        if final:
+            return
     pubsub = _subscribe(s, asset_id)
     try:
-        yield "retry: 2000\n\n"
         while True:
             rows, gone, final = _after(s, asset_id, after)
             for row in rows:
-                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.data)}\n\n"
+                yield _event(row.seq, row.kind, row.data)
                 after = row.seq
                 if row.kind == "state" and row.data.get("status") in assets.FINAL:
                     return

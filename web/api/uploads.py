@@ -120,7 +120,8 @@ def complete(upload_id: str):
     stored = assets.Upload(upload.asset_id, found.kind, found.content_type, upload.filename,
                            size, sha256)
     with services().db.session() as session:
-        asset = assets.create(session, g.tenant_id, stored, webhook_url, services().outbox)
+        asset = assets.create(session, g.tenant_id, stored, webhook_url, services().outbox,
+                              public_url=base_url())
         row = session.get(DirectUpload, upload.id, with_for_update=True)
         row.status, row.completed_at = "completed", utcnow()
         jobs = list(asset.jobs)

@@ -29,7 +29,8 @@ def create():
     if unknown:
         raise Problem(422, "Unknown event type", f"Unknown events {unknown}; choose from "
                       f"{list(EVENT_TYPES)}.")
-    check_target(text(url, "url"))
+    url = text(url, "url").strip()
+    check_target(url)
     with services().db.session() as session:
         hook = Webhook(tenant_id=g.tenant_id, url=url, events=sorted(set(events)))
         session.add(hook)
