@@ -69,15 +69,20 @@ bench: install
 
 dev: export MEDIAMILL_LOG_FORMAT ?= text
 dev: install
-	@$(BIN)/python -c 'import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' '$(REDIS_URL)' 2>/dev/null \
-		|| { echo "Starting redis-server on 127.0.0.1:6379"; mkdir -p instance; \
-		     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir $(CURDIR)/instance --logfile $(CURDIR)/instance/redis.log; sleep 0.5; }
-	$(BIN)/flask --app web release
-	@key=$$($(BIN)/flask --app web create-api-key dev | tail -1); \
+	@redis_port=$$($(BIN)/python -c 'import sys; from urllib.parse import urlsplit; print(urlsplit(sys.argv[1]).port or 6379)' '$(REDIS_URL)'); \
+	started=""; \
+	if ! $(BIN)/python -c 'import redis,sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' '$(REDIS_URL)' 2>/dev/null; then \
+		echo "Starting redis-server on 127.0.0.1:$$redis_port (stopped again when this stops)"; mkdir -p instance; \
+		redis-server --daemonize yes --bind 127.0.0.1 --port $$redis_port --dir $(CURDIR)/instance \
+			--logfile $(CURDIR)/instance/redis.log --pidfile $(CURDIR)/instance/redis.pid || exit 1; \
+		started=1; sleep 0.5; \
+	fi; \
+	stop_redis() { if [ -n "$$started" ]; then kill $$(cat $(CURDIR)/instance/redis.pid) 2>/dev/null || true; fi; }; \
+	$(BIN)/flask --app web release || { stop_redis; exit 1; }; \
+	key=$$($(BIN)/flask --app web create-api-key dev | tail -1) || { stop_redis; exit 1; }; \
 	echo; echo "mediamill is starting at http://127.0.0.1:$${PORT:-5000}"; \
 	echo "Log in with this API key (tenant 'dev'):"; echo "  $$(echo "$$key" | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')"; \
-	echo "  $$key"; echo
-	$(BIN)/honcho start -f Procfile -p $${PORT:-5000} $(DEV_PROCESSES)
-
-clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	echo "  $$key"; echo; \
+	trap 'true' INT TERM; \
+	$(BIN)/honcho start -f Procfile -p $${PORT:-5000} $(DEV_PROCESSES); status=$$?; \
+	stop_redis; exit $$status

@@ -8,6 +8,6 @@ from config.settings import load
 from media.services import Services
 
 _services = Services.from_settings(load())  # or one line naming the variable, and exit 3
-_services.prepare()  # or one line naming DATABASE_URL, and exit 3
+_services.prepare(storage=True)  # or one line naming DATABASE_URL or storage, and exit 3
 _services.db.dispose()  # the workers, forked later, make their own connections
 del _services

@@ -2,7 +2,7 @@
 
 Every variable the contract names is parsed and validated here, once, at start. A bad or
 missing value raises ConfigError naming every offending variable, and `load()` turns that
-into one line on stderr and exit status 2, never a traceback deep in a request.
+into one line on stderr and exit status 3, never a traceback deep in a request.
 """
 
 from __future__ import annotations

@@ -76,8 +76,10 @@ class Services:
 
     def prepare(self, schema: bool = True, storage: bool = False) -> None:
         """At process start: bring the schema up to date and, with `storage`, make sure a
-        local storage directory is writable. If either cannot be done, stop the process
-        with one line naming the setting (the contract's "one clear line", no traceback)."""
+        local storage directory is writable, or that an S3 client can be made from the
+        settings (no request is sent: S3 being down is not a reason to stop). If any of it
+        cannot be done, stop the process with one line naming the setting (the contract's
+        "one clear line", no traceback)."""
         try:
             if schema:
                 self.db.upgrade()
@@ -90,6 +92,14 @@ class Services:
             except (OSError, StorageUnavailable) as exc:
                 stop(f"mediamill: cannot use MEDIAMILL_STORAGE_URL={self.settings.storage_url}:"
                      f" {_first_line(exc)}")
+        elif storage:
+            from botocore.exceptions import BotoCoreError
+
+            try:
+                self.storage.client  # noqa: B018 - making it checks region and endpoint
+            except (BotoCoreError, ValueError) as exc:
+                stop("mediamill: cannot use S3 storage with these settings (AWS_DEFAULT_REGION,"
+                     f" MEDIAMILL_S3_ENDPOINT_URL, AWS credentials): {_first_line(exc)}")
 
     def publish(self, asset_id: str, seq: int) -> None:
         """Wake live streams of this asset; losing one only delays them to their next poll."""

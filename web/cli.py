@@ -6,8 +6,11 @@ import json
 from urllib.parse import urlsplit
 
 import click
+from botocore.exceptions import ClientError
 from flask import Flask
 
+from config import stop
+from media.errors import StorageUnavailable
 from media.keys import create_api_key
 from media.storage import S3Storage
 from web.extensions import services
@@ -29,8 +32,14 @@ def register(app: Flask) -> None:
         """Bring the schema up to date and make sure the bucket exists (run before deploys)."""
         s = services()  # building the app has already run every pending migration
         click.echo("database schema is up to date")
+        s.prepare(schema=False, storage=True)  # else one line naming the setting, and exit
         if isinstance(s.storage, S3Storage):
-            created = s.storage.ensure_bucket()
+            try:
+                created = s.storage.ensure_bucket()
+            except (StorageUnavailable, OSError, ClientError) as exc:
+                stop(f"mediamill: cannot reach the bucket of MEDIAMILL_STORAGE_URL="
+                     f"{s.settings.storage_url} (MEDIAMILL_S3_ENDPOINT_URL="
+                     f"{s.settings.s3_endpoint_url or 'AWS'}): {exc}")
             click.echo(f"bucket {s.storage.bucket} {'created' if created else 'exists'}")
             origins = _site_origins(s.settings.public_url)
             if s.storage.set_cors(origins):
@@ -39,7 +48,6 @@ def register(app: Flask) -> None:
                 click.echo("bucket CORS not supported here; allow PUT and expose ETag for the "
                            "site's origin in the store's own settings", err=True)
         else:
-            s.prepare(schema=False, storage=True)  # else one line naming the setting; exit
             click.echo("storage directory is ready")
 
 

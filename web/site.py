@@ -129,7 +129,10 @@ def _storage_origin() -> str:
     """Where signed links point, e.g. https://bucket.s3.amazonaws.com ('' for file://)."""
     s = services()
     if "storage_origin" not in s.__dict__:
-        parts = urlsplit(s.storage.url("assets/probe/original", 60))
+        try:
+            parts = urlsplit(s.storage.url("assets/probe/original", 60))
+        except Exception:  # storage misconfigured: /readyz says so; pages must still answer
+            return ""
         s.__dict__["storage_origin"] = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
     return s.__dict__["storage_origin"]
 

@@ -249,16 +249,26 @@ def test_bad_setting_stops_the_process_with_one_line(tmp_path, command):
     assert "DATABASE_URL" in lines[0] and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize(("variable", "value", "command"), [
-    ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db", ["flask", "--app", "web", "release"]),
-    ("DATABASE_URL", "sqlite:////proc/nope/x.db", ["flask", "--app", "web", "create-api-key", "x"]),
-    ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", ["flask", "--app", "web", "release"]),
+S3_DOWN = {"MEDIAMILL_STORAGE_URL": "s3://bucket", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "secret", "MEDIAMILL_S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+RELEASE = ["flask", "--app", "web", "release"]
+
+
+@pytest.mark.parametrize(("variable", "value", "command", "extra"), [
+    ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db", RELEASE, {}),
+    ("DATABASE_URL", "sqlite:////proc/nope/x.db", ["flask", "--app", "web", "create-api-key",
+                                                   "x"], {}),
+    ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", RELEASE, {}),
     ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", ["celery", "-A", "tasks", "worker", "-Q",
-                                                    "metadata", "--pool", "solo"]),
+                                                    "metadata", "--pool", "solo"], {}),
+    ("MEDIAMILL_S3_ENDPOINT_URL", "http://127.0.0.1:1", RELEASE, S3_DOWN),  # bucket unreachable
+    ("AWS_DEFAULT_REGION", "bad region!", RELEASE, S3_DOWN),
 ])
-def test_unreachable_database_or_storage_stops_with_one_line(tmp_path, variable, value, command):
+def test_unreachable_database_or_storage_stops_with_one_line(tmp_path, variable, value, command,
+                                                             extra):
     env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, f"sqlite:///{tmp_path / 'db'}",
                     f"file://{tmp_path / 'storage'}")
+    env.update(extra)
     env[variable] = value
     argv = [str(Path(sys.executable).parent / command[0]), *command[1:]]
     out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
