@@ -78,6 +78,8 @@ def _video(head: bytes) -> Sniffed | None:
         return Sniffed("video", "video/x-msvideo")
     if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
         return Sniffed("video", "video/mp2t")
+    if len(head) > 388 and head[4] == head[196] == head[388] == 0x47:  # M2TS/AVCHD (.MTS):
+        return Sniffed("video", "video/mp2t")  # 192-byte packets, a 4-byte timecode first
     if head.startswith(b"\x00\x00\x01\xba"):
         return Sniffed("video", "video/mpeg")
     if head.startswith(b"FLV\x01"):

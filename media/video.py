@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import re
 import signal
@@ -26,6 +27,8 @@ from pathlib import Path
 import ffmpeg
 
 from media.errors import MediaError
+
+log = logging.getLogger(__name__)
 
 # ffprobe's format names (any alias of a demuxer) that we accept as containers.
 ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi",
@@ -54,6 +57,9 @@ _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 # Seconds of ffmpeg allowed per second of source, on top of a fixed allowance: ~25x the
 # 1080p+720p+480p ladder's measured cost on a busy 2-core machine (bench/video.py).
 BUDGET_BASE, BUDGET_PER_SECOND = 120.0, 20.0
+# Frames larger than this are refused before decoding: 8K (7680x4320) is 33 MP, and ffmpeg
+# holds several frames of any size at once (16000x16000 took 1.15 GB per process).
+MAX_FRAME_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -106,17 +112,47 @@ def _parse_probe(raw: dict) -> Probe:
     streams = raw.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None or not video.get("width"):
+        if audio is not None:
+            raise MediaError("The file holds only audio, no video; this service processes "
+                             "photos and videos.")
         raise MediaError("The file has no readable video stream; it may be incomplete or "
                          "damaged.")
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     _check_codecs(video, audio)
+    stored_width, height = int(video["width"]), int(video["height"])
+    if stored_width * height > MAX_FRAME_PIXELS:
+        raise MediaError(f"The video's frames are {stored_width}x{height} pixels "
+                         f"({stored_width * height / 1e6:.0f} MP), above the limit of "
+                         f"{MAX_FRAME_PIXELS / 1e6:.0f} MP; it was refused to protect the "
+                         "service.")
+    width = _display_width(stored_width, video.get("sample_aspect_ratio"))
     rotation = _rotation(video)
-    width, height = int(video["width"]), int(video["height"])
     if rotation % 180:
         width, height = height, width
-    duration = _float(fmt.get("duration")) or _float(video.get("duration"))
-    return Probe(raw, fmt.get("format_name", ""), duration, width, height, rotation, video, audio)
+    return Probe(raw, fmt.get("format_name", ""), _duration(fmt, video), width, height,
+                 rotation, video, audio)
+
+
+def _display_width(width: int, sample_aspect: str | None) -> int:
+    """The width as shown: DV and broadcast video store non-square pixels (720x480 with
+    32:27 shows as 853x480)."""
+    try:
+        ratio = Fraction(str(sample_aspect).replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return width
+    if not 0.25 <= ratio <= 4 or ratio == 1:  # 0:1 (unknown), absent or absurd: square
+        return width
+    return max(1, round(width * ratio))
+
+
+def _duration(fmt: dict, video: dict) -> float | None:
+    """Seconds: the longer of the container's and the video stream's figure, unless the
+    container's is absurd beside the stream's (a header that claims 49 days for 4 s)."""
+    container, stream = _float(fmt.get("duration")), _float(video.get("duration"))
+    if container and stream and container > 10 * stream + 60:
+        return stream
+    return max(filter(None, (container, stream)), default=None)
 
 
 def _check_codecs(video: dict, audio: dict | None) -> None:
@@ -193,7 +229,7 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     for i, rendition in enumerate(renditions):
         branch = branches[i] if branches is not None else picture
         video = branch.filter("scale", rendition.width, rendition.height).filter(
-            "format", "yuv420p")
+            "setsar", 1).filter("format", "yuv420p")  # square pixels at the display size
         outputs.append(ffmpeg.output(
             video, *([stream[_index(info.audio, "a:0")]] if info.audio else []),
             f"file:{rendition.path}",
@@ -251,7 +287,7 @@ def package_hls(renditions: Sequence[Rendition], out_dir: Path, duration: float 
             .global_args(*_QUIET)
             .overwrite_output()
         )
-        _run(cmd.compile(), timeout)
+        _run(cmd.compile(), timeout, "packaged for streaming (HLS)")
         files += [playlist, media]
         variants.append(_variant(rendition, playlist, media, duration))
     master = out_dir / "hls.m3u8"
@@ -272,25 +308,32 @@ def poster(src: Path, dst: Path, info: Probe, timeout: float = 120, box_side: in
            ) -> Path:
     """Extract a representative frame as a PNG at display size (at most `box_side`): the
     most typical of the first keyframes from 10% in (at most 5 s), or, when no keyframe
-    follows, of a dozen frames from there. Idempotent (overwrites `dst`)."""
+    follows, of a dozen frames from there, or from the very start. Idempotent (overwrites
+    `dst`)."""
     at = min(5.0, (info.duration or 0) * 0.1)
     size = fit(info.width, info.height, (box_side, box_side))
     # Keyframes first: decoding every frame from the previous keyframe up to `at` costs up
     # to a whole GOP (8 s of 1080p for x264's defaults), and keyframes often sit at cuts.
-    for keyframes_only in (True, False):
+    # MPEG-TS and MPEG-PS have no index: past their only keyframe (an HLS segment has one)
+    # or past a lying duration, a seek finds nothing, so the last try reads from the start.
+    tries = [(at, True), (at, False)] + ([(0.0, False)] if at > 0 else [])
+    for start, keyframes_only in tries:
         dst.unlink(missing_ok=True)
-        _run(_poster_command(src, dst, info, at, size, keyframes_only), timeout)
+        _run(_poster_command(src, dst, info, start, size, keyframes_only), timeout,
+             "made into a poster frame")
         if dst.exists() and dst.stat().st_size > 0:
             return dst
-    raise MediaError("No frame could be decoded from the video for its poster.")
+    raise MediaError("No frame could be decoded from the video for its poster: the video "
+                     "data is damaged. Re-export it and upload it again.")
 
 
 def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[int, int],
                     keyframes_only: bool) -> list[str]:
     skip = {"skip_frame": "nokey"} if keyframes_only else {}
+    seek = {"ss": at} if at > 0 else {}
     return (
-        ffmpeg.input(f"file:{src}", ss=at, f=_demuxer(info), codec_whitelist=_DECODERS,
-                     **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
+        ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
+                     **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
         .filter("thumbnail", 3 if keyframes_only else 12)
         .filter("scale", *size)
         # the PNG is only passed on to the thumbnailer: fast compression, not small files
@@ -311,13 +354,14 @@ def _demuxer(info: Probe) -> str:
     return names[0]
 
 
-def _run(argv: list[str], timeout: float | None) -> None:
-    _run_with_progress(argv, None, None, timeout)
+def _run(argv: list[str], timeout: float | None, what: str) -> None:
+    _run_with_progress(argv, None, None, timeout, what=what)
 
 
 def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
-                       timeout: float | None, background: bool = False) -> None:
+                       timeout: float | None, background: bool = False,
+                       what: str = "converted") -> None:
     """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog kills it at
     `timeout` even if it prints nothing, any way out of here kills it, and so does the
     death of this process (a hard time limit or a cold worker shutdown). A `background`
@@ -349,7 +393,10 @@ def _run_with_progress(argv: list[str], duration: float | None,
             raise MediaError("The video took too long to process and was stopped.")
         if proc.returncode != 0:
             errors.seek(0)
-            raise MediaError(f"ffmpeg could not convert the video ({_tail(errors.read())}).")
+            log.info("ffmpeg failed: %s", _tail(errors.read(), 2000))  # for whoever debugs
+            raise MediaError(f"The video could not be {what}: its data is damaged or in a "
+                             "form ffmpeg cannot decode. Re-export it (an H.264 MP4 will do) "
+                             "and upload it again.")
 
 
 def _load_prctl():
@@ -427,8 +474,8 @@ _LOCAL_PATH = re.compile(r"(?:file:)?/[\w.+/-]+")
 
 
 def _unreadable(stderr: bytes) -> str:
-    """Why ffprobe could not read a file, as a sentence: the common causes in words, any
-    other with ffprobe's own last lines (log prefixes and the local path removed)."""
+    """Why ffprobe could not read a file, as a sentence a person can act on; ffprobe's own
+    words go to the log."""
     if b"moov atom not found" in stderr:
         return ("The video could not be read: it is incomplete (its index, the MP4 'moov' "
                 "box, is missing), which usually means the upload or the recording was cut "
@@ -436,7 +483,9 @@ def _unreadable(stderr: bytes) -> str:
     if b"Invalid data found when processing input" in stderr:
         return ("The video could not be read: the file is corrupt, or not in a format "
                 "ffmpeg knows. Upload MP4, MOV, WebM, MKV, AVI, MPEG-TS or FLV.")
-    return f"The video could not be read; ffprobe reported: {_tail(stderr)}."
+    log.info("ffprobe failed: %s", _tail(stderr, 2000))
+    return ("The video could not be read: the file is damaged or incomplete. Upload the "
+            "complete file, or re-export it as MP4.")
 
 
 def _tail(stderr: bytes, limit: int = 300) -> str:

@@ -61,6 +61,7 @@ def test_content_types(name, content_type):
     (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska", "video/x-matroska"),
     (b"RIFF\x00\x10\x00\x00AVI LIST", "video/x-msvideo"),
     ((b"\x47" + b"\x00" * 187) * 3, "video/mp2t"),
+    ((b"\x00\x00\x00\x00\x47" + b"\x00" * 187) * 3, "video/mp2t"),  # M2TS (AVCHD .MTS)
     (b"FLV\x01\x05\x00\x00\x00\x09", "video/x-flv"),
     (b"BM" + b"\x00" * 12 + (40).to_bytes(4, "little") + b"\x00" * 40, "image/bmp"),
 ])

@@ -589,3 +589,22 @@ def test_a_png_chunk_longer_than_the_file_is_refused_before_reading(tmp_path):
         fh.seek(8)
         with pytest.raises(MediaError, match="truncated or corrupt"):
             list(thumbnails._png_chunks(fh))
+
+
+def test_an_image_with_a_metadata_bomb_is_refused_with_that_reason(tmp_path):
+    """200 MB of zeros in a zTXt chunk of a 64x64 PNG: refused, and said why."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(small, "PNG")
+    png = small.getvalue()
+    bomb = chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 200_000_000, 9))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png[:33] + bomb + png[33:])  # after IHDR
+
+    with pytest.raises(MediaError, match="oversized metadata chunk"):
+        thumbnails.render(path, tmp_path)

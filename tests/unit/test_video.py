@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -511,18 +512,20 @@ def test_transcode_overwrites(clips, tmp_path):
     assert video.probe(out).video["codec_name"] == "h264"
 
 
-def test_transcode_failure_is_a_media_error_with_ffmpeg_tail(tmp_path):
+def test_transcode_failure_is_a_sentence_and_ffmpegs_words_go_to_the_log(tmp_path, caplog):
     source = tmp_path / "cut.mp4"
     source.write_bytes((VIDEOS / "example.mp4").read_bytes()[:20_000])  # moov is at the end
     info = video.Probe({}, "mov,mp4", 2.0, 640, 480, 0, {"codec_name": "h264"}, None)
 
-    with pytest.raises(MediaError) as caught:
+    with caplog.at_level(logging.INFO, logger="media.video"), \
+            pytest.raises(MediaError) as caught:
         one_720p(source, tmp_path / "out.mp4", info)
 
     message = str(caught.value)
-    assert "ffmpeg could not convert the video" in message
-    assert "moov atom not found" in message  # the tail of ffmpeg's own words
+    assert message.startswith("The video could not be converted: its data is damaged")
+    assert "moov atom not found" in caplog.text  # ffmpeg's own words, for whoever debugs
     assert not EXCEPTION_NAME.search(message) and str(tmp_path) not in message
+    assert str(tmp_path) not in caplog.text
 
 
 def test_hls_ladder_from_the_renditions(clips, tmp_path):
@@ -597,6 +600,57 @@ def test_poster_of_a_clip_with_one_keyframe_decodes_up_to_its_moment(tmp_path):
     with Image.open(poster) as image:
         assert image.size == (160, 120)
         assert image.convert("L").getextrema()[1] > 100
+
+
+def test_poster_of_an_mpegts_segment_with_one_keyframe(tmp_path):
+    """MPEG-TS has no index: a seek past its only keyframe (an HLS segment has one) finds
+    nothing, so the poster is read from the start."""
+    source = tmp_path / "segment.ts"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "4", "-c:v", "libx264",
+           "-g", "1000", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mpegts",
+           str(source))
+
+    poster = video.poster(source, tmp_path / "poster.png", video.probe(source))
+
+    with Image.open(poster) as image:
+        assert image.size == (160, 120)
+
+
+def test_non_square_pixels_are_shown_and_made_at_their_display_size(tmp_path):
+    """DV-style 720x480 with 32:27 pixels is 16:9 on screen: metadata, poster and MP4 say so."""
+    source = tmp_path / "anamorphic.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=720x480:rate=10", "-t", "1", "-vf",
+           "setsar=32/27", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(source))
+    info = video.probe(source)
+    assert (info.width, info.height) == (853, 480)
+
+    with Image.open(video.poster(source, tmp_path / "poster.png", info)) as image:
+        assert image.size == (852, 480)  # even, and never wider than shown
+    out = one_720p(source, tmp_path / "out.mp4", info)
+    stream = ffprobe_json(out)["streams"][0]
+    assert (stream["width"], stream["height"]) == (852, 480)
+    assert stream.get("sample_aspect_ratio", "1:1") == "1:1"
+
+
+@pytest.mark.parametrize(("container", "stream", "expected"), [
+    ("4294967.295", "4.0", 4.0),  # a header claiming 49 days for 4 s
+    ("0.001", "50.0", 50.0),  # a header claiming a millisecond
+    ("12.5", "12.4", 12.5),
+    (None, "3.0", 3.0),
+    ("3.0", None, 3.0),
+    (None, None, None),
+])
+def test_duration_is_not_taken_from_a_lying_header(container, stream, expected):
+    assert video._duration({"duration": container}, {"duration": stream}) == expected
+
+
+def test_audio_only_and_giant_frames_are_refused_with_reasons():
+    audio = {"codec_type": "audio", "codec_name": "aac"}
+    with pytest.raises(MediaError, match="only audio"):
+        video._parse_probe({"format": {"format_name": "mov,mp4"}, "streams": [audio]})
+    giant = {"codec_type": "video", "codec_name": "mjpeg", "width": 16000, "height": 16000}
+    with pytest.raises(MediaError, match="16000x16000 pixels .256 MP., above the limit"):
+        video._parse_probe({"format": {"format_name": "avi"}, "streams": [giant]})
 
 
 # --- ffmpeg never outlives its job -----------------------------------------------------------
