@@ -133,10 +133,14 @@ def start_job(session: Session, job_id: str, worker: str, task_id: str,
     return job
 
 
-def beat(session: Session, job_id: str, task_id: str) -> None:
-    """Record that the run `task_id` of a job is alive."""
+def beat(session: Session, job_id: str, task_id: str) -> bool:
+    """Record that the run `task_id` of a job is alive. False once its asset is deleted
+    (or gone): the run may stop, nobody wants its outputs."""
     session.execute(update(Job).where(Job.id == job_id, Job.task_id == task_id,
                                       Job.status == "processing").values(heartbeat_at=utcnow()))
+    deleted = session.scalar(select(Asset.deleted_at).join(Job, Job.asset_id == Asset.id)
+                             .where(Job.id == job_id))
+    return deleted is None and session.get(Job, job_id) is not None
 
 
 def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:

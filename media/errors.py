@@ -9,6 +9,10 @@ class UnsupportedMedia(MediaError):
     """The bytes are not an image or video this service processes."""
 
 
+class Cancelled(Exception):
+    """The work is no longer wanted (its asset was deleted) and was stopped."""
+
+
 class TransientError(Exception):
     """A temporary fault outside the input (storage or network); retrying may succeed."""
 

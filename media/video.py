@@ -26,7 +26,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from media.errors import MediaError
+from media.errors import Cancelled, MediaError
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,10 @@ def time_budget(duration: float | None, ceiling: float) -> float:
 
 def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
               on_progress: Callable[[float], None] | None = None, threads: int = 0,
-              timeout: float | None = None, keyframe_every: float | None = None) -> None:
-    """Write each rendition as an H.264/AAC MP4 with +faststart, decoding `src` once.
-    Idempotent (overwrites the files)."""
+              timeout: float | None = None, keyframe_every: float | None = None,
+              cancelled: threading.Event | None = None) -> None:
+    """Write each rendition as an H.264/AAC MP4 with +faststart, decoding `src` once;
+    ffmpeg is stopped (Cancelled) soon after `cancelled` is set. Idempotent (overwrites)."""
     stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
                           threads=threads, **_INPUT_OPTS)
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
@@ -237,7 +238,8 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     cmd = (ffmpeg.merge_outputs(*outputs)
            .global_args(*_QUIET, "-progress", "pipe:1", "-nostats")
            .overwrite_output())
-    _run_with_progress(cmd.compile(), info.duration, on_progress, timeout, background=True)
+    _run_with_progress(cmd.compile(), info.duration, on_progress, timeout, background=True,
+                       cancelled=cancelled)
 
 
 def _index(stream: dict | None, default: str) -> str:
@@ -361,7 +363,8 @@ def _run(argv: list[str], timeout: float | None, what: str) -> None:
 def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
                        timeout: float | None, background: bool = False,
-                       what: str = "converted") -> None:
+                       what: str = "converted", cancelled: threading.Event | None = None
+                       ) -> None:
     """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog kills it at
     `timeout` even if it prints nothing, any way out of here kills it, and so does the
     death of this process (a hard time limit or a cold worker shutdown). A `background`
@@ -377,7 +380,9 @@ def _run_with_progress(argv: list[str], duration: float | None,
             watchdog.daemon = True
             watchdog.start()
         try:
-            for line in proc.stdout:
+            for line in proc.stdout:  # -progress writes a block twice a second
+                if cancelled is not None and cancelled.is_set():
+                    raise Cancelled("the asset was deleted")
                 if on_progress and duration and line.startswith(b"out_time_us="):
                     micros = _float(line.split(b"=", 1)[1].decode())
                     if micros is not None and micros >= 0:

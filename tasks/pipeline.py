@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.logging import context as log_context
 from media import assets
-from media.errors import MediaError, TransientError
+from media.errors import Cancelled, MediaError, TransientError
 from media.records import asset_prefix, original_key, output_key
 from media.services import Services
 
@@ -46,6 +46,8 @@ class Context:
     out_dir: Path
     services: Services
     report: Callable[[float], None]
+    # Set once the asset is deleted while the job runs: long work (a transcode) stops.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -95,14 +97,18 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
             return "skipped"
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
     log_context.set({"asset_id": asset_id, "job_id": job_id})
+    cancelled = threading.Event()
     with (tempfile.TemporaryDirectory(prefix="mediamill-") as tmp,
-          Heartbeat(services, job_id, task.request.id or "eager")):
+          Heartbeat(services, job_id, task.request.id or "eager", cancelled)):
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
         try:
             services.storage.download(original_key(asset_id), src)
             result = work(Context(asset_id, kind, sha256, src, out_dir, services,
-                                  _progress_writer(services, job_id)))
+                                  _progress_writer(services, job_id), cancelled))
+        except Cancelled:
+            log.info("job %s stopped: its asset was deleted", job_id)
+            return "discarded"
         except FileNotFoundError:
             return _fail(services, job_id, "The original file is missing from storage; "
                                            "upload it again.")
@@ -125,17 +131,20 @@ class Heartbeat(threading.Thread):
     """Marks the job alive six times per MEDIAMILL_JOB_STALE_SECONDS while it runs, so
     beat's sweep can tell a long transcode from one whose worker was killed."""
 
-    def __init__(self, services: Services, job_id: str, task_id: str) -> None:
+    def __init__(self, services: Services, job_id: str, task_id: str,
+                 cancelled: threading.Event | None = None) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.services, self.job_id, self.task_id = services, job_id, task_id
         self.stopped = threading.Event()
+        self.cancelled = cancelled or threading.Event()
 
     def run(self) -> None:
         every = _stale(self.services).total_seconds() / 6
         while not self.stopped.wait(every):
             try:
                 with self.services.db.session() as session:
-                    assets.beat(session, self.job_id, self.task_id)
+                    if not assets.beat(session, self.job_id, self.task_id):
+                        self.cancelled.set()  # the asset was deleted: stop the work
             except SQLAlchemyError:  # a missed beat is retried next time; never kill the job
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 

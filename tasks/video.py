@@ -39,7 +39,8 @@ def make_renditions(ctx: Context) -> Result:
     budget = video.time_budget(info.duration, SOFT - 60)
     video.transcode(ctx.src, renditions, info, on_progress=ctx.report,
                     threads=ffmpeg_threads(settings, _pool["concurrency"]), timeout=budget,
-                    keyframe_every=HLS_SEGMENT if settings.video_hls else None)
+                    keyframe_every=HLS_SEGMENT if settings.video_hls else None,
+                    cancelled=ctx.cancelled)
     files = [(r.name, r.path, "video/mp4", {"kind": "video", "width": r.width,
                                             "height": r.height, "duration": info.duration})
              for r in renditions]

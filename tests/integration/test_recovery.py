@@ -202,3 +202,29 @@ def test_workers_keep_serving_after_a_hostile_corpus(make_stack, corpus):
     assert all(proc.poll() is None for proc in stack.workers.values())
     stored = {p.as_posix() for p in (stack.tmp / "storage").rglob("*") if p.is_file()}
     assert all("/assets/" in path and ".." not in path for path in stored)
+
+
+def test_deleting_an_asset_stops_its_transcode(make_stack, corpus, tmp_path):
+    """The job's heartbeat sees the deletion and ffmpeg stops: the video pool is free for the
+    next clip instead of finishing work nobody wants."""
+    long_clip = tmp_path / "long.mp4"  # 30 s of 1080p: a minute or more at one thread
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=1920x1080:rate=30", "-t", "30", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(long_clip)],
+                   check=True, timeout=120)
+    stack = make_stack(queues=("video",), extra_env={
+        "MEDIAMILL_JOB_STALE_SECONDS": "6", "MEDIAMILL_FFMPEG_THREADS": "1"})  # a beat a second
+    client, key = stack.client(), stack.create_key("alice")
+    asset_id = upload(client, key, long_clip).json["id"]
+
+    def transcoding():
+        job = client.get(f"/api/v1/assets/{asset_id}", headers=auth(key)).json["jobs"]["video"]
+        return job["progress"] > 0 and ffmpeg_pids(stack.env)
+
+    wait_for(transcoding, timeout=60, what="the transcode to be under way")
+    assert client.delete(f"/api/v1/assets/{asset_id}", headers=auth(key)).status_code == 204
+    wait_for(lambda: not ffmpeg_pids(stack.env), timeout=20, what="ffmpeg to stop")
+    # The pool takes the next clip at once.
+    second = upload(client, key, corpus / "video/example.mp4").json["id"]
+    wait_for(lambda: client.get(f"/api/v1/assets/{second}", headers=auth(key)).json["jobs"][
+        "video"]["status"] == "completed", timeout=60, what="the next clip")

@@ -91,6 +91,18 @@ def test_a_job_runs_under_one_task_id_while_it_beats(db, asset_id):
     assert (job.worker, job.task_id, job.attempts) == ("video@c", "task-3", 3)
 
 
+def test_a_beat_says_whether_the_work_is_still_wanted(db, asset_id):
+    job_id = jobs(db, asset_id)["video"].id
+    with db.session() as session:
+        assets.start_job(session, job_id, "video@a", "task-1")
+    with db.session() as session:
+        assert assets.beat(session, job_id, "task-1") is True
+    with db.session() as session:
+        assets.mark_deleted(session, session.get(assets.Asset, asset_id))
+    with db.session() as session:  # deleted: the transcode may stop
+        assert assets.beat(session, job_id, "task-1") is False
+
+
 def test_progress_only_rises(db, asset_id):
     job_id = jobs(db, asset_id)["video"].id
     with db.session() as session:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from media import video
-from media.errors import MediaError
+from media.errors import Cancelled, MediaError
 from tests.conftest import CORPUS
 
 VIDEOS = CORPUS / "video"
@@ -676,6 +676,27 @@ def test_a_silent_hung_ffmpeg_is_killed_at_its_timeout(tmp_path):
 
     assert time.monotonic() - started < 10
     assert not ffmpeg_alive(fifo)
+
+
+def test_a_transcode_stops_soon_after_it_is_cancelled(tmp_path):
+    """Deleting the asset sets the event (tasks.pipeline.Heartbeat): ffmpeg is killed at its
+    next progress report instead of running to the end."""
+    import threading
+
+    marker = tmp_path / "long-source.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", "60", "-c:v",
+           "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(marker))
+    info = video.probe(marker)
+    cancelled = threading.Event()
+    threading.Timer(1.0, cancelled.set).start()
+    started = time.monotonic()
+
+    with pytest.raises(Cancelled):
+        video.transcode(marker, video.plan(info, tmp_path, (720,)), info, threads=1,
+                        cancelled=cancelled)
+
+    assert time.monotonic() - started < 10  # 60 s of 720p at one thread takes far longer
+    assert not ffmpeg_alive(marker)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
