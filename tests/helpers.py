@@ -36,11 +36,14 @@ def upload(client, key: str, path: Path | None = None, data: bytes | None = None
 
 
 def wait_final(client, key: str, asset_id: str, timeout: float = 120) -> dict:
-    """Poll the asset until it is completed or failed; fail the test on timeout."""
+    """Poll the asset until it and every one of its jobs are completed or failed (an asset
+    is failed as soon as one job fails, while the others may still run); fail the test on
+    timeout."""
+    final = ("completed", "failed")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = client.get(f"/api/v1/assets/{asset_id}", headers=auth(key)).json
-        if body["status"] in ("completed", "failed"):
+        if body["status"] in final and all(j["status"] in final for j in body["jobs"].values()):
             return body
         time.sleep(0.2)
     raise AssertionError(f"asset {asset_id} not final after {timeout}s: {body}")
