@@ -207,9 +207,9 @@ def test_workers_keep_serving_after_a_hostile_corpus(make_stack, corpus):
 def test_deleting_an_asset_stops_its_transcode(make_stack, corpus, tmp_path):
     """The job's heartbeat sees the deletion and ffmpeg stops: the video pool is free for the
     next clip instead of finishing work nobody wants."""
-    long_clip = tmp_path / "long.mp4"  # 30 s of 1080p: a minute or more at one thread
+    long_clip = tmp_path / "long.mp4"  # 20 s of 1080p: about a minute at one thread
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=1920x1080:rate=30", "-t", "30", "-c:v", "libx264",
+                    "testsrc2=size=1920x1080:rate=25", "-t", "20", "-c:v", "libx264",
                     "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(long_clip)],
                    check=True, timeout=120)
     stack = make_stack(queues=("video",), extra_env={
