@@ -19,7 +19,7 @@
       const response = await fetch('/api/v1/assets/' + encodeURIComponent(assetId), {
         credentials: 'same-origin', headers: { Accept: 'application/json' },
       }).catch(() => null);
-      if (response && response.status === 404) return;  // deleted meanwhile
+      if (response && [401, 403, 404].includes(response.status)) return;  // signed out, deleted
       const asset = response && response.ok ? await response.json() : null;
       if (asset) onAsset(asset);
       if (!asset || !settled(asset)) poll(assetId, onAsset);
