@@ -91,7 +91,7 @@ def check_target(url: str) -> None:
 
 def upload_target(value: object) -> str | None:
     """An upload's optional `webhook_url`: None when blank, else checked as `check_target`."""
-    if value is None or value == "":
+    if value is None:
         return None
     value = text(value, "webhook_url").strip()
     if not value:
