@@ -138,9 +138,9 @@ def beat(session: Session, job_id: str, task_id: str) -> bool:
     (or gone): the run may stop, nobody wants its outputs."""
     session.execute(update(Job).where(Job.id == job_id, Job.task_id == task_id,
                                       Job.status == "processing").values(heartbeat_at=utcnow()))
-    deleted = session.scalar(select(Asset.deleted_at).join(Job, Job.asset_id == Asset.id)
-                             .where(Job.id == job_id))
-    return deleted is None and session.get(Job, job_id) is not None
+    row = session.execute(select(Asset.deleted_at).join(Job, Job.asset_id == Asset.id)
+                          .where(Job.id == job_id)).first()
+    return row is not None and row.deleted_at is None
 
 
 def stale_running(session: Session, stale: timedelta, limit: int) -> list[Job]:

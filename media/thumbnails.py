@@ -170,12 +170,10 @@ def open_image(src: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
                          "(too many pixels to decode safely).") from exc
     except UnidentifiedImageError as exc:
         raise MediaError("The file is not an image that can be decoded.") from exc
-    except ValueError as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         if "decompressed data too large" in str(exc).lower():  # Pillow's MAX_TEXT_CHUNK
             raise MediaError("The image carries an oversized metadata chunk (text or colour "
                              "profile) and was refused to protect the service.") from exc
-        raise MediaError("The image header is corrupt and cannot be read.") from exc
-    except (OSError, SyntaxError) as exc:
         raise MediaError("The image header is corrupt and cannot be read.") from exc
     pixels = image.width * image.height
     if pixels > max_pixels:
