@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -41,6 +42,7 @@ def test_procfile_runs_the_whole_service(tmp_path, redis_server, corpus):
     try:
         wait_for(lambda: requests.get(f"{base}/readyz", timeout=2).ok, timeout=60,
                  what="web /readyz")
+        _gunicorns_own_refusals(port)
         ids = []
         for path in ("images/orientation/Landscape_8.jpg", "video/example.mp4"):
             with open(corpus / path, "rb") as fh:
@@ -82,6 +84,22 @@ def test_procfile_runs_the_whole_service(tmp_path, redis_server, corpus):
         time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "processes outlived honcho"
+
+
+def _gunicorns_own_refusals(port: int) -> None:
+    """What gunicorn answers before Flask sees a request is problem+json too, not HTML."""
+    for request, status in [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+    ]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b"".join(iter(lambda s=sock: s.recv(65536), b""))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+        assert b"Content-Type: application/problem+json" in head, head
+        assert json.loads(body)["status"] == status
 
 
 def _final(base: str, headers: dict, asset_id: str):
