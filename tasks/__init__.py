@@ -66,16 +66,15 @@ def _prepare_worker(sender=None, **_) -> None:
     for tool in ("ffmpeg", "ffprobe"):
         if shutil.which(tool) is None:
             raise SystemExit(f"mediamill: {tool} not found on PATH; install ffmpeg")
-    _remove_stale_temp()
+    from tasks.pipeline import remove_orphaned_temp
+
+    remove_orphaned_temp()
 
 
-def _remove_stale_temp(older_than: float = 6 * 3600) -> None:
-    """Work folders of jobs whose worker was killed (a running job keeps its own fresh)."""
-    import shutil
-    import tempfile
-    import time
-    from pathlib import Path
+@signals.worker_process_init.connect
+def _prepare_pool_process(**_) -> None:
+    """A new pool process, also the one that replaces a child killed by a hard time limit
+    or SIGKILL: the killed child's work folder goes now, not at the next worker start."""
+    from tasks.pipeline import remove_orphaned_temp
 
-    for folder in Path(tempfile.gettempdir()).glob("mediamill-*"):
-        if folder.is_dir() and time.time() - folder.stat().st_mtime > older_than:
-            shutil.rmtree(folder, ignore_errors=True)
+    remove_orphaned_temp()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -98,7 +100,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
     log_context.set({"asset_id": asset_id, "job_id": job_id})
     cancelled = threading.Event()
-    with (tempfile.TemporaryDirectory(prefix="mediamill-") as tmp,
+    with (tempfile.TemporaryDirectory(prefix=temp_prefix()) as tmp,
           Heartbeat(services, job_id, task.request.id or "eager", cancelled)):
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
@@ -197,3 +199,43 @@ def _progress_writer(services: Services, job_id: str, every: float = 1.0) -> Cal
             assets.set_progress(session, job_id, min(value, 0.99), services.outbox)
 
     return report
+
+
+TEMP_PREFIX = "mediamill-"
+ORPHAN_AGE = 6 * 3600  # seconds; for folders whose process cannot be told from their name
+
+
+def temp_prefix() -> str:
+    """A job's work folder is named after its process: `mediamill-<pid>-...`."""
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+def remove_orphaned_temp() -> None:
+    """Remove the work folders (the original, possibly GBs, and the outputs) of jobs whose
+    process was killed: those whose process is gone, or is this one, which has not run a
+    job yet (it is starting); any other `mediamill-*` folder once it is ORPHAN_AGE old.
+    Safe while other pools on the machine run: their processes are alive."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = folder.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        try:
+            if pid.isdigit():
+                orphaned = not _alive(int(pid))
+            else:
+                orphaned = time.time() - folder.stat().st_mtime > ORPHAN_AGE
+        except OSError:  # removed meanwhile
+            continue
+        if orphaned and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether another process `pid` runs here (one of another user's counts)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or no such pid at all
+        return False
+    except PermissionError:
+        return True
+    return True

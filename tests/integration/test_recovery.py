@@ -36,19 +36,24 @@ def ffmpeg_pids(env: dict) -> set[int]:
 
 
 def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(make_stack,
-                                                                             corpus):
+                                                                             corpus, tmp_path):
     """20 clips in flight while the video pool is stopped three ways, as platforms do:
     SIGTERM to the worker alone (docker stop, systemd): the running transcode finishes;
     SIGTERM to its whole process group (honcho, Heroku): the transcode is put back;
-    SIGKILL to the group (OOM killer, kill -9): beat's sweep sends it again.
-    All 20 complete, each with exactly one asset.completed webhook, and no ffmpeg is left."""
+    SIGKILL to the group (OOM killer, kill -9): beat's sweep sends it again;
+    SIGKILL to the pool child alone (as a hard time limit does): the job is put back.
+    All 20 complete, each with exactly one asset.completed webhook, no ffmpeg is left and
+    no work folder (a killed job's original and outputs) stays behind."""
     receiver = Receiver().start()
     try:
         # One ffmpeg thread: a quiet machine transcodes a clip in 1.4 s with two, and a
         # transcode must be caught in progress three times.
+        work = tmp_path / "work"  # the workers' TMPDIR
+        work.mkdir()
         stack = make_stack(extra_env={"MEDIAMILL_JOB_STALE_SECONDS": "6",
                                       "MEDIAMILL_FFMPEG_THREADS": "1",
-                                      "MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1"}, beat=True)
+                                      "MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1",
+                                      "TMPDIR": str(work)}, beat=True)
         key = stack.create_key("alice")
         client = stack.client()
         client.post("/api/v1/webhooks", headers=auth(key),
@@ -78,6 +83,14 @@ def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(ma
             children = wait_for(lambda: ffmpeg_pids(stack.env), timeout=20, interval=0.05,
                                 what="ffmpeg running")
             victim = stack.workers["video"]
+            if how == "kill-child":  # the pool stays up and starts a new child
+                child = int(Path(f"/proc/{min(children)}/stat").read_text().split(")")[1]
+                            .split()[1])  # ffmpeg's parent, the pool process
+                os.kill(child, signal.SIGKILL)
+                wait_for(lambda: not any(work.glob(f"mediamill-{child}-*")), timeout=30,
+                         what="the killed child's work folder to be removed")
+                assert not children & ffmpeg_pids(stack.env), "ffmpeg outlived its process"
+                return running
             if how == "term":
                 os.kill(victim.pid, signal.SIGTERM)
             else:
@@ -95,16 +108,18 @@ def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(ma
         assert (done.status, done.attempts) == ("completed", 1), "warm stop cut the transcode"
         put_back = stop("term-group")
         killed = stop("kill")
+        lost_child = stop("kill-child")
         for asset_id in ids:
             final = wait_final(client, key, asset_id, timeout=300)
             assert final["status"] == "completed", final["jobs"]
-        for job in (put_back, killed):
+        for job in (put_back, killed, lost_child):
             assert video_job(job.id).attempts == 2, "the interrupted transcode ran once only"
         wait_for(lambda: len(receiver.of_type("asset.completed")) >= 20, timeout=60,
                  what="20 asset.completed webhooks")
         time.sleep(2)
         got = Counter(r.json["data"]["id"] for r in receiver.of_type("asset.completed"))
         assert got == Counter(ids)
+        assert not list(work.glob("mediamill-*")), "work folders left behind"
     finally:
         receiver.stop()
 

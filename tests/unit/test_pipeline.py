@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,3 +63,30 @@ def test_a_failed_upload_raises_and_the_queued_ones_are_not_started(tmp_path):
         pipeline._store_all(SimpleNamespace(storage=storage), "a1", outputs(tmp_path, 12))
     # Four threads: the three already running finish; the eight still queued never start.
     assert len(storage.seen) <= 4
+
+
+def test_orphaned_work_folders_go_and_live_ones_stay(tmp_path, monkeypatch):
+    """A killed job's folder (named after its process) goes as soon as that process is
+    gone; a running job's stays, and so does an unnamed folder until it is old."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        dead = tmp_path / f"mediamill-{ended.pid}-a1"
+        live = tmp_path / f"mediamill-{running.pid}-b2"
+        mine = tmp_path / f"mediamill-{os.getpid()}-c3"  # this process is only starting
+        fresh, old = tmp_path / "mediamill-x1", tmp_path / "mediamill-x2"
+        other = tmp_path / f"other-{ended.pid}"
+        for folder in (dead, live, mine, fresh, old, other):
+            (folder / "out").mkdir(parents=True)
+            (folder / "original").write_bytes(b"x" * 1000)
+        os.utime(old, (time.time() - pipeline.ORPHAN_AGE - 60,) * 2)
+        assert Path(tempfile.mkdtemp(prefix=pipeline.temp_prefix())).name.startswith(
+            f"mediamill-{os.getpid()}-")
+        pipeline.remove_orphaned_temp()
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == {live.name, fresh.name, other.name}
+    finally:
+        running.kill()
+        running.wait()
