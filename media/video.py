@@ -57,6 +57,9 @@ _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 # Seconds of ffmpeg allowed per second of source, on top of a fixed allowance: ~25x the
 # 1080p+720p+480p ladder's measured cost on a busy 2-core machine (bench/video.py).
 BUDGET_BASE, BUDGET_PER_SECOND = 120.0, 20.0
+# High dynamic range transfers (ffprobe's names): iPhones record HLG by default. Shown as
+# they are, 8-bit, their pictures are grey and flat, so they are tone-mapped to SDR.
+HDR_TRANSFERS = {"smpte2084": "PQ", "arib-std-b67": "HLG"}
 # Frames larger than this are refused before decoding: 8K (7680x4320) is 33 MP, and ffmpeg
 # holds several frames of any size at once (16000x16000 took 1.15 GB per process).
 MAX_FRAME_PIXELS = 40_000_000
@@ -225,6 +228,10 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
                           threads=threads, **_INPUT_OPTS)
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
+    if is_hdr(info):  # once, at the largest rendition's size, before the renditions split
+        largest = max(renditions, key=lambda r: r.width * r.height)
+        picture = _to_sdr(picture, (largest.width, largest.height)).filter("format",
+                                                                           "yuv420p")
     branches = picture.split() if len(renditions) > 1 else None
     outputs = []
     for i, rendition in enumerate(renditions):
@@ -240,6 +247,25 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
            .overwrite_output())
     _run_with_progress(cmd.compile(), info.duration, on_progress, timeout, background=True,
                        cancelled=cancelled)
+
+
+def is_hdr(info: Probe) -> bool:
+    """Whether the video is HDR (PQ or HLG), which `transcode` and `poster` tone-map."""
+    return info.video.get("color_transfer") in HDR_TRANSFERS
+
+
+def _to_sdr(picture, size: tuple[int, int], transfer: str = "bt709", full_range: bool = False):
+    """HDR (PQ or HLG, BT.2020) to SDR BT.709, resized to `size` on the way: to linear
+    light with SDR white at 100 nits, to BT.709 primaries, Mobius tone-mapping (colours up
+    to SDR white stay as they were, highlights are compressed, not clipped), then the SDR
+    `transfer` (bt709 for video, iec61966-2-1 for a still, which is shown as sRGB)."""
+    width, height = size
+    return (picture.filter("scale", width, height)  # in 10 bits, several times zscale's speed
+            .filter("zscale", t="linear", npl=100)
+            .filter("format", "gbrpf32le")
+            .filter("zscale", p="bt709")
+            .filter("tonemap", tonemap="mobius")
+            .filter("zscale", t=transfer, m="bt709", r="full" if full_range else "limited"))
 
 
 def _index(stream: dict | None, default: str) -> str:
@@ -262,6 +288,9 @@ def _mp4_options(info: Probe, threads: int, keyframe_every: float | None) -> dic
         # to reach a nominal rate (which can be 90000 fps), none dropped.
         "fps_mode": "vfr",
     }
+    if is_hdr(info):  # tone-mapped: tag what the pixels now are
+        options.update(color_primaries="bt709", color_trc="bt709", colorspace="bt709",
+                       color_range="tv")
     if keyframe_every:  # HLS segments must start on a keyframe
         options["force_key_frames"] = f"expr:gte(t,n_forced*{keyframe_every:g})"
     if info.audio:
@@ -333,11 +362,16 @@ def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[in
                     keyframes_only: bool) -> list[str]:
     skip = {"skip_frame": "nokey"} if keyframes_only else {}
     seek = {"ss": at} if at > 0 else {}
+    frame = (ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
+                          **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
+             .filter("thumbnail", 3 if keyframes_only else 12))
+    if is_hdr(info):  # an 8-bit sRGB PNG of the tone-mapped frame
+        frame = _to_sdr(frame, size, "iec61966-2-1", full_range=True).filter(
+            "format", "gbrp")
+    else:
+        frame = frame.filter("scale", *size)
     return (
-        ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
-                     **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
-        .filter("thumbnail", 3 if keyframes_only else 12)
-        .filter("scale", *size)
+        frame
         # the PNG is only passed on to the thumbnailer: fast compression, not small files
         .output(f"file:{dst}", vframes=1, format="image2", vcodec="png", update=1,
                 compression_level=1)
