@@ -17,8 +17,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -230,8 +232,8 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
     if is_hdr(info):  # once, at the largest rendition's size, before the renditions split
         largest = max(renditions, key=lambda r: r.width * r.height)
-        picture = _to_sdr(picture, (largest.width, largest.height)).filter("format",
-                                                                           "yuv420p")
+        lut = sdr_lut(info.video["color_transfer"], largest.path.with_name("sdr.cube"))
+        picture = _to_sdr_video(picture, info, (largest.width, largest.height), lut)
     branches = picture.split() if len(renditions) > 1 else None
     outputs = []
     for i, rendition in enumerate(renditions):
@@ -254,18 +256,64 @@ def is_hdr(info: Probe) -> bool:
     return info.video.get("color_transfer") in HDR_TRANSFERS
 
 
-def _to_sdr(picture, size: tuple[int, int], transfer: str = "bt709", full_range: bool = False):
-    """HDR (PQ or HLG, BT.2020) to SDR BT.709, resized to `size` on the way: to linear
-    light with SDR white at 100 nits, to BT.709 primaries, Mobius tone-mapping (colours up
-    to SDR white stay as they were, highlights are compressed, not clipped), then the SDR
-    `transfer` (bt709 for video, iec61966-2-1 for a still, which is shown as sRGB)."""
-    width, height = size
-    return (picture.filter("scale", width, height)  # in 10 bits, several times zscale's speed
-            .filter("zscale", t="linear", npl=100)
+def _tone_map(picture, transfer: str, full_range: bool):
+    """HDR (PQ or HLG, BT.2020) to SDR BT.709: to linear light with SDR white at 100 nits,
+    to BT.709 primaries, Mobius tone-mapping (colours up to SDR white stay as they were,
+    highlights are compressed, not clipped), then the SDR `transfer` (bt709 for video,
+    iec61966-2-1 for a still, which is shown as sRGB). Exact, in floating point, and slow:
+    ~27 ms a 1080p frame, so video gets it through `sdr_lut`."""
+    return (picture.filter("zscale", t="linear", npl=100)
             .filter("format", "gbrpf32le")
             .filter("zscale", p="bt709")
             .filter("tonemap", tonemap="mobius")
             .filter("zscale", t=transfer, m="bt709", r="full" if full_range else "limited"))
+
+
+LUT_POINTS = 33  # per axis, as in most .cube files
+
+
+def sdr_lut(transfer: str, path: Path, timeout: float | None = 60) -> Path:
+    """Write `_tone_map` from BT.2020 R'G'B' in the HDR `transfer` to BT.709 R'G'B' as a 3D
+    LUT (.cube) at `path`, made by ffmpeg itself from a grid of every LUT point. Applied
+    with lut3d, it costs a third of the floating-point pipeline (bench/video.py)."""
+    n = LUT_POINTS
+    grid = array("H", (round(v * 65535 / (n - 1)) for b in range(n) for g in range(n)
+                       for r in range(n) for v in (r, g, b)))
+    # Tagged as the frames of a BT.2020 video converted to R'G'B' are: tonemap desaturates
+    # highlights by the luma of the YUV matrix it is told, and not at all without one.
+    source = (ffmpeg.input("pipe:", f="rawvideo", pix_fmt="rgb48le", s=f"{n * n}x{n}")
+              .filter("format", "gbrp16le")
+              .filter("setparams", color_primaries="bt2020", color_trc=transfer,
+                      colorspace="bt2020nc", range="pc"))
+    argv = (_tone_map(source, "bt709", full_range=True).filter("format", "rgb48le")
+            .output("pipe:", f="rawvideo").global_args(*_QUIET).compile())
+    if sys.byteorder != "little":
+        grid.byteswap()
+    done = subprocess.run(argv, input=grid.tobytes(), capture_output=True, timeout=timeout,
+                          check=False)
+    if done.returncode != 0 or len(done.stdout) != len(grid) * grid.itemsize:
+        log.info("ffmpeg failed to tone-map the LUT grid: %s", _tail(done.stderr, 2000))
+        raise MediaError("The HDR video could not be converted for the web: this ffmpeg "
+                         "cannot tone-map (it needs zscale).")
+    values = array("H", done.stdout)
+    if sys.byteorder != "little":
+        values.byteswap()
+    path.write_text(f"LUT_3D_SIZE {n}\n" + "".join(
+        f"{values[i] / 65535:.5f} {values[i + 1] / 65535:.5f} {values[i + 2] / 65535:.5f}\n"
+        for i in range(0, len(values), 3)))
+    return path
+
+
+def _to_sdr_video(picture, info: Probe, size: tuple[int, int], lut: Path):
+    """HDR frames to 8-bit SDR BT.709 YUV at `size`: R'G'B' in 16 bits, the LUT, back."""
+    matrix = "bt709" if info.video.get("color_space") == "bt709" else "bt2020"
+    full = info.video.get("color_range") == "pc"
+    return (picture.filter("scale", *size, in_color_matrix=matrix,
+                           in_range="pc" if full else "tv")
+            .filter("format", "gbrp16le")
+            .filter("lut3d", file=str(lut), interp="tetrahedral")
+            .filter("scale", out_color_matrix="bt709", out_range="tv")
+            .filter("format", "yuv420p"))
 
 
 def _index(stream: dict | None, default: str) -> str:
@@ -365,11 +413,9 @@ def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[in
     frame = (ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
                           **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
              .filter("thumbnail", 3 if keyframes_only else 12))
+    frame = frame.filter("scale", *size)
     if is_hdr(info):  # an 8-bit sRGB PNG of the tone-mapped frame
-        frame = _to_sdr(frame, size, "iec61966-2-1", full_range=True).filter(
-            "format", "gbrp")
-    else:
-        frame = frame.filter("scale", *size)
+        frame = _tone_map(frame, "iec61966-2-1", full_range=True).filter("format", "gbrp")
     return (
         frame
         # the PNG is only passed on to the thumbnailer: fast compression, not small files
