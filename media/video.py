@@ -115,8 +115,11 @@ def _parse_probe(raw: dict) -> Probe:
     if not set(fmt.get("format_name", "").split(",")) & ALLOWED_FORMATS:
         raise MediaError(_refused_format(fmt.get("format_name")))
     streams = raw.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
+    # The picture: not a cover image, and of several streams (a camera's preview beside
+    # the recording, a picture-in-picture) the largest, as ffmpeg itself would choose.
+    videos = [s for s in streams if s.get("codec_type") == "video"
+              and not s.get("disposition", {}).get("attached_pic")]
+    video = max(videos, key=_pixels, default=None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None or not video.get("width"):
         if audio is not None:
@@ -137,6 +140,11 @@ def _parse_probe(raw: dict) -> Probe:
         width, height = height, width
     return Probe(raw, fmt.get("format_name", ""), _duration(fmt, video), width, height,
                  rotation, video, audio)
+
+
+def _pixels(stream: dict) -> int:
+    width, height = stream.get("width"), stream.get("height")
+    return width * height if isinstance(width, int) and isinstance(height, int) else 0
 
 
 def _display_width(width: int, sample_aspect: str | None) -> int:

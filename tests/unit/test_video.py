@@ -151,6 +151,20 @@ def test_probe_without_a_duration():
     assert (info.width, info.height) == (1280, 720)
 
 
+def test_of_two_video_streams_the_larger_is_the_video(tmp_path):
+    """A small preview stream first (as some cameras write) does not make a small video."""
+    source = tmp_path / "two.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i",
+           "testsrc2=size=320x240:rate=10", "-t", "1", "-map", "0", "-map", "1", "-c:v",
+           "libx264", "-pix_fmt", "yuv420p", str(source))
+    info = video.probe(source)
+    assert (info.width, info.height, info.video["index"]) == (320, 240, 1)
+    out = one_720p(source, tmp_path / "out.mp4", info)
+    assert [(s["width"], s["height"]) for s in ffprobe_json(out)["streams"]] == [(320, 240)]
+    with Image.open(video.poster(source, tmp_path / "poster.png", info)) as image:
+        assert image.size == (320, 240)
+
+
 def test_probe_rotation_swaps_width_and_height(clips):
     plain, rotated = video.probe(clips["plain"]), video.probe(clips["rotated"])
 
