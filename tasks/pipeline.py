@@ -8,14 +8,16 @@ so the worker logs it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -100,7 +102,7 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         asset_id, kind, sha256 = job.asset_id, job.asset.kind, job.asset.sha256
     log_context.set({"asset_id": asset_id, "job_id": job_id})
     cancelled = threading.Event()
-    with (tempfile.TemporaryDirectory(prefix=temp_prefix()) as tmp,
+    with (work_folder() as tmp,
           Heartbeat(services, job_id, task.request.id or "eager", cancelled)):
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
@@ -202,40 +204,51 @@ def _progress_writer(services: Services, job_id: str, every: float = 1.0) -> Cal
 
 
 TEMP_PREFIX = "mediamill-"
-ORPHAN_AGE = 6 * 3600  # seconds; for folders whose process cannot be told from their name
+LOCK_NAME = ".lock"
+ORPHAN_AGE = 6 * 3600  # seconds, for a folder without a lock file (made by an older version)
 
 
-def temp_prefix() -> str:
-    """A job's work folder is named after its process: `mediamill-<pid>-...`."""
-    return f"{TEMP_PREFIX}{os.getpid()}-"
+@contextlib.contextmanager
+def work_folder() -> Iterator[Path]:
+    """A job's own folder under $TMPDIR (`mediamill-...`), removed at the end. The job holds
+    an exclusive flock on its `.lock` file throughout; the kernel drops it when the process
+    dies, however it dies, which is how `remove_orphaned_temp` tells a killed job's folder
+    from a running one, across containers sharing a TMPDIR too."""
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        lock = open(path / LOCK_NAME, "wb")  # noqa: SIM115 (held until the folder is gone)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.fstat(lock.fileno()).st_nlink:  # not swept in the instant before the lock
+            break
+        lock.close()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        lock.close()
 
 
 def remove_orphaned_temp() -> None:
     """Remove the work folders (the original, possibly GBs, and the outputs) of jobs whose
-    process was killed: those whose process is gone, or is this one, which has not run a
-    job yet (it is starting); any other `mediamill-*` folder once it is ORPHAN_AGE old.
-    Safe while other pools on the machine run: their processes are alive."""
+    process was killed: those whose lock no process holds; a folder without a lock file
+    once it is ORPHAN_AGE old."""
     for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
-        pid = folder.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        try:
-            if pid.isdigit():
-                orphaned = not _alive(int(pid))
-            else:
-                orphaned = time.time() - folder.stat().st_mtime > ORPHAN_AGE
-        except OSError:  # removed meanwhile
+        if folder.is_symlink() or not folder.is_dir():
             continue
-        if orphaned and folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether another process `pid` runs here (one of another user's counts)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or no such pid at all
-        return False
-    except PermissionError:
-        return True
-    return True
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:  # an older version's folder, or one made this instant
+            with contextlib.suppress(OSError):
+                if time.time() - folder.stat().st_mtime > ORPHAN_AGE:
+                    shutil.rmtree(folder, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a running job
+            continue
+        else:
+            shutil.rmtree(folder, ignore_errors=True)  # still locked: no job can take it
+        finally:
+            os.close(fd)

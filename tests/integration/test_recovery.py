@@ -35,6 +35,10 @@ def ffmpeg_pids(env: dict) -> set[int]:
     return pids
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(make_stack,
                                                                              corpus, tmp_path):
     """20 clips in flight while the video pool is stopped three ways, as platforms do:
@@ -84,10 +88,13 @@ def test_20_videos_survive_warm_stop_group_stop_and_sigkill_of_the_video_pool(ma
                                 what="ffmpeg running")
             victim = stack.workers["video"]
             if how == "kill-child":  # the pool stays up and starts a new child
-                child = int(Path(f"/proc/{min(children)}/stat").read_text().split(")")[1]
-                            .split()[1])  # ffmpeg's parent, the pool process
+                child = next(parent for parent in map(_parent, children)
+                             if _parent(parent) == victim.pid)  # the video pool's, not another's
+                folder = next(Path(os.readlink(fd)).parent for fd in Path(
+                    f"/proc/{child}/fd").iterdir() if os.readlink(fd).endswith("/.lock"))
+                assert folder.parent == work
                 os.kill(child, signal.SIGKILL)
-                wait_for(lambda: not any(work.glob(f"mediamill-{child}-*")), timeout=30,
+                wait_for(lambda: not folder.exists(), timeout=30,
                          what="the killed child's work folder to be removed")
                 assert not children & ffmpeg_pids(stack.env), "ffmpeg outlived its process"
                 return running

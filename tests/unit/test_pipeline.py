@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 
@@ -65,28 +67,46 @@ def test_a_failed_upload_raises_and_the_queued_ones_are_not_started(tmp_path):
     assert len(storage.seen) <= 4
 
 
-def test_orphaned_work_folders_go_and_live_ones_stay(tmp_path, monkeypatch):
-    """A killed job's folder (named after its process) goes as soon as that process is
-    gone; a running job's stays, and so does an unnamed folder until it is old."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    ended = subprocess.Popen(["true"])
-    ended.wait()
-    running = subprocess.Popen(["sleep", "30"])
+HOLD = """
+import sys, time
+from tasks import pipeline
+with pipeline.work_folder() as folder:
+    print(folder, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_orphaned_work_folders_go_and_live_ones_stay(tmp_path):
+    """A job's folder stays while its process lives, and goes at the next sweep once the
+    process is killed: the lock says so, whatever the pid means in this namespace. A
+    folder without a lock file goes once it is old."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    jobs = [subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True,
+                             env=env, cwd=Path(__file__).parents[2]) for _ in range(2)]
     try:
-        dead = tmp_path / f"mediamill-{ended.pid}-a1"
-        live = tmp_path / f"mediamill-{running.pid}-b2"
-        mine = tmp_path / f"mediamill-{os.getpid()}-c3"  # this process is only starting
+        live, killed = (Path(job.stdout.readline().strip()) for job in jobs)
+        assert live.parent == killed.parent == tmp_path
+        (killed / "original").write_bytes(b"x" * 1000)
+        jobs[1].kill()
+        jobs[1].wait()
         fresh, old = tmp_path / "mediamill-x1", tmp_path / "mediamill-x2"
-        other = tmp_path / f"other-{ended.pid}"
-        for folder in (dead, live, mine, fresh, old, other):
+        other = tmp_path / "other"
+        for folder in (fresh, old, other):
             (folder / "out").mkdir(parents=True)
-            (folder / "original").write_bytes(b"x" * 1000)
         os.utime(old, (time.time() - pipeline.ORPHAN_AGE - 60,) * 2)
-        assert Path(tempfile.mkdtemp(prefix=pipeline.temp_prefix())).name.startswith(
-            f"mediamill-{os.getpid()}-")
-        pipeline.remove_orphaned_temp()
-        left = {p.name for p in tmp_path.iterdir()}
-        assert left == {live.name, fresh.name, other.name}
+        with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
+            pipeline.remove_orphaned_temp()
+        assert {p.name for p in tmp_path.iterdir()} == {live.name, fresh.name, other.name}
     finally:
-        running.kill()
-        running.wait()
+        for job in jobs:
+            job.kill()
+            job.wait()
+
+
+def test_a_work_folder_is_removed_at_the_end_and_never_shared(tmp_path):
+    with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
+        with pipeline.work_folder() as one, pipeline.work_folder() as two:
+            assert one != two and (one / pipeline.LOCK_NAME).exists()
+            pipeline.remove_orphaned_temp()  # both held, here in this very process
+            assert one.exists() and two.exists()
+        assert not any(tmp_path.iterdir())
