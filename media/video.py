@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -240,7 +241,7 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
     if is_hdr(info):  # once, at the largest rendition's size, before the renditions split
         largest = max(renditions, key=lambda r: r.width * r.height)
-        lut = sdr_lut(info.video["color_transfer"], largest.path.with_name("sdr.cube"))
+        lut = sdr_lut(hdr_tags(info), largest.path.with_name("sdr.cube"))
         picture = _to_sdr_video(picture, info, (largest.width, largest.height), lut)
     branches = picture.split() if len(renditions) > 1 else None
     outputs = []
@@ -264,40 +265,66 @@ def is_hdr(info: Probe) -> bool:
     return info.video.get("color_transfer") in HDR_TRANSFERS
 
 
-def _tone_map(picture, transfer: str, full_range: bool):
-    """HDR (PQ or HLG, BT.2020) to SDR BT.709: to linear light with SDR white at 100 nits,
-    to BT.709 primaries, Mobius tone-mapping (colours up to SDR white stay as they were,
-    highlights are compressed, not clipped), then the SDR `transfer` (bt709 for video,
-    iec61966-2-1 for a still, which is shown as sRGB). Exact, in floating point, and slow:
-    ~27 ms a 1080p frame, so video gets it through `sdr_lut`."""
-    return (picture.filter("zscale", t="linear", npl=100)
+# Primaries zscale converts from; an HDR video tagged otherwise (or not at all) is BT.2020.
+_HDR_PRIMARIES = {"bt2020", "bt709", "smpte432", "smpte431"}
+
+
+def hdr_tags(info: Probe) -> dict[str, str]:
+    """The colour tags of an HDR video's frames, as ffmpeg's setparams takes them, with
+    BT.2020 and limited range where the file leaves a tag out (zscale cannot convert from
+    "unspecified")."""
+    v = info.video
+    primaries, matrix = v.get("color_primaries"), v.get("color_space")
+    return {"color_trc": v["color_transfer"],
+            "color_primaries": primaries if primaries in _HDR_PRIMARIES else "bt2020",
+            "colorspace": matrix if matrix in ("bt709", "bt2020nc") else "bt2020nc",
+            "range": "pc" if v.get("color_range") == "pc" else "tv"}
+
+
+def _tone_map(picture, tags: dict[str, str], transfer: str, full_range: bool):
+    """HDR frames (tagged with `tags`, as `hdr_tags` gives them) to SDR BT.709: to linear
+    light with SDR white at 100 nits, to BT.709 primaries, Mobius tone-mapping (colours up
+    to SDR white stay as they were, highlights are compressed, not clipped), then the SDR
+    `transfer` (bt709 for video, iec61966-2-1 for a still, which is shown as sRGB). Exact,
+    in floating point, and slow: ~27 ms a 1080p frame, so video gets it through `sdr_lut`.
+    (tonemap desaturates highlights by the luma of the frames' YUV matrix, even for R'G'B'
+    frames, and not at all without one.)"""
+    return (picture.filter("setparams", **tags)
+            .filter("zscale", t="linear", npl=100)
             .filter("format", "gbrpf32le")
             .filter("zscale", p="bt709")
             .filter("tonemap", tonemap="mobius")
             .filter("zscale", t=transfer, m="bt709", r="full" if full_range else "limited"))
 
 
-LUT_POINTS = 33  # per axis, as in most .cube files
+# Per axis. HDR coding leaves SDR colours the lower half of the cube, where BT.709's steep
+# curve near black magnifies the interpolation error: 65 points halve 33's (a saturated
+# green 27 levels off becomes 8), for 0.5 s more once per pool process and kind of HDR.
+LUT_POINTS = 65
 
 
-def sdr_lut(transfer: str, path: Path, timeout: float | None = 60) -> Path:
-    """Write `_tone_map` from BT.2020 R'G'B' in the HDR `transfer` to BT.709 R'G'B' as a 3D
-    LUT (.cube) at `path`, made by ffmpeg itself from a grid of every LUT point. Applied
-    with lut3d, it costs a third of the floating-point pipeline (bench/video.py)."""
+def sdr_lut(tags: dict[str, str], path: Path) -> Path:
+    """Write `_tone_map` from HDR R'G'B' (as `tags` say) to BT.709 R'G'B' as a 3D LUT
+    (.cube) at `path`. Applied with lut3d, it costs a third of the floating-point filters
+    (bench/video.py)."""
+    path.write_text(_lut_text(tuple(sorted(tags.items()))))
+    return path
+
+
+@functools.lru_cache(maxsize=4)  # ~7 MB each; a pool process makes each kind once
+def _lut_text(tags: tuple[tuple[str, str], ...]) -> str:
+    """The .cube text of `sdr_lut`, made by ffmpeg itself from a grid of every LUT point."""
     n = LUT_POINTS
     grid = array("H", (round(v * 65535 / (n - 1)) for b in range(n) for g in range(n)
                        for r in range(n) for v in (r, g, b)))
-    # Tagged as the frames of a BT.2020 video converted to R'G'B' are: tonemap desaturates
-    # highlights by the luma of the YUV matrix it is told, and not at all without one.
     source = (ffmpeg.input("pipe:", f="rawvideo", pix_fmt="rgb48le", s=f"{n * n}x{n}")
-              .filter("format", "gbrp16le")
-              .filter("setparams", color_primaries="bt2020", color_trc=transfer,
-                      colorspace="bt2020nc", range="pc"))
-    argv = (_tone_map(source, "bt709", full_range=True).filter("format", "rgb48le")
-            .output("pipe:", f="rawvideo").global_args(*_QUIET).compile())
+              .filter("format", "gbrp16le"))
+    argv = (_tone_map(source, {**dict(tags), "range": "pc"}, "bt709", full_range=True)
+            .filter("format", "rgb48le").output("pipe:", f="rawvideo").global_args(*_QUIET)
+            .compile())
     if sys.byteorder != "little":
         grid.byteswap()
-    done = subprocess.run(argv, input=grid.tobytes(), capture_output=True, timeout=timeout,
+    done = subprocess.run(argv, input=grid.tobytes(), capture_output=True, timeout=60,
                           check=False)
     if done.returncode != 0 or len(done.stdout) != len(grid) * grid.itemsize:
         log.info("ffmpeg failed to tone-map the LUT grid: %s", _tail(done.stderr, 2000))
@@ -306,18 +333,17 @@ def sdr_lut(transfer: str, path: Path, timeout: float | None = 60) -> Path:
     values = array("H", done.stdout)
     if sys.byteorder != "little":
         values.byteswap()
-    path.write_text(f"LUT_3D_SIZE {n}\n" + "".join(
+    return f"LUT_3D_SIZE {n}\n" + "".join(
         f"{values[i] / 65535:.5f} {values[i + 1] / 65535:.5f} {values[i + 2] / 65535:.5f}\n"
-        for i in range(0, len(values), 3)))
-    return path
+        for i in range(0, len(values), 3))
 
 
 def _to_sdr_video(picture, info: Probe, size: tuple[int, int], lut: Path):
     """HDR frames to 8-bit SDR BT.709 YUV at `size`: R'G'B' in 16 bits, the LUT, back."""
-    matrix = "bt709" if info.video.get("color_space") == "bt709" else "bt2020"
-    full = info.video.get("color_range") == "pc"
-    return (picture.filter("scale", *size, in_color_matrix=matrix,
-                           in_range="pc" if full else "tv")
+    tags = hdr_tags(info)
+    return (picture.filter("scale", *size, in_range=tags["range"],
+                           in_color_matrix="bt709" if tags["colorspace"] == "bt709"
+                           else "bt2020")
             .filter("format", "gbrp16le")
             .filter("lut3d", file=str(lut), interp="tetrahedral")
             .filter("scale", out_color_matrix="bt709", out_range="tv")
@@ -418,12 +444,14 @@ def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[in
                     keyframes_only: bool) -> list[str]:
     skip = {"skip_frame": "nokey"} if keyframes_only else {}
     seek = {"ss": at} if at > 0 else {}
-    frame = (ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
-                          **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
-             .filter("thumbnail", 3 if keyframes_only else 12))
-    frame = frame.filter("scale", *size)
-    if is_hdr(info):  # an 8-bit sRGB PNG of the tone-mapped frame
-        frame = _tone_map(frame, "iec61966-2-1", full_range=True).filter("format", "gbrp")
+    frame = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
+                         **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
+    picks = 3 if keyframes_only else 12
+    if is_hdr(info):  # tone-mapped from all its bits first: `thumbnail` takes only 8
+        frame = _tone_map(frame.filter("scale", *size), hdr_tags(info), "iec61966-2-1",
+                          full_range=True).filter("format", "rgb24").filter("thumbnail", picks)
+    else:
+        frame = frame.filter("thumbnail", picks).filter("scale", *size)
     return (
         frame
         # the PNG is only passed on to the thumbnailer: fast compression, not small files

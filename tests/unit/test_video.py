@@ -646,14 +646,16 @@ def test_non_square_pixels_are_shown_and_made_at_their_display_size(tmp_path):
     assert stream.get("sample_aspect_ratio", "1:1") == "1:1"
 
 
-SDR_RED = (200, 50, 50)  # an sRGB colour well inside SDR, which tone-mapping keeps
+# sRGB colours well inside SDR, which tone-mapping keeps: a red, and a saturated green (the
+# kind a coarse LUT gets wrong by 20 levels).
+SDR_PATCHES = {(80, 90): (200, 50, 50), (240, 90): (64, 192, 64)}
 
 
-def near_red(colour: tuple[int, ...]) -> bool:
-    return all(abs(a - b) <= 16 for a, b in zip(colour, SDR_RED, strict=True))
+def near(colour: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    return all(abs(a - b) <= 14 for a, b in zip(colour, expected, strict=True))
 
 
-def rgb_at(path: Path, x: int = 10, y: int = 10) -> tuple[int, ...]:
+def rgb_at(path: Path, x: int, y: int) -> tuple[int, ...]:
     """The sRGB colour of the first frame of `path` (a video or a PNG) at (x, y), decoded
     by the colour tags of the file."""
     out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-frames:v",
@@ -664,30 +666,38 @@ def rgb_at(path: Path, x: int = 10, y: int = 10) -> tuple[int, ...]:
     return tuple(out.stdout[offset:offset + 3])
 
 
-@pytest.mark.parametrize("transfer", ["arib-std-b67", "smpte2084"])  # HLG (iPhones), PQ
-def test_hdr_video_is_tone_mapped_to_sdr_in_poster_and_renditions(tmp_path, transfer):
+@pytest.mark.parametrize(("transfer", "tagged"), [
+    ("arib-std-b67", True), ("smpte2084", True),  # HLG (iPhones), PQ
+    ("arib-std-b67", False),  # primaries and matrix left out, as some encoders do
+])
+def test_hdr_video_is_tone_mapped_to_sdr_in_poster_and_renditions(tmp_path, transfer, tagged):
     """10-bit BT.2020 HLG or PQ shown as 8-bit SDR without tone-mapping is grey and flat
     ((112, 55, 44) for this red): the poster, and so the thumbnails, and the MP4s keep
-    the colour, and the MP4s are tagged BT.709, what their pixels now are."""
+    the colours (within the tone curve's slight darkening), and the MP4s are tagged
+    BT.709, what their pixels now are."""
     source = tmp_path / "hdr.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=0xC83232:s=320x180:r=10:d=1,format=gbrp", "-vf",
+    tags = ["-color_primaries", "bt2020", "-colorspace", "bt2020nc"] if tagged else []
+    ffmpeg("-f", "lavfi", "-i", "color=c=0xC83232:s=160x180:r=10:d=1[a];"
+           "color=c=0x40C040:s=160x180:r=10:d=1[b];[a][b]hstack,format=gbrp", "-vf",
            f"zscale=tin=iec61966-2-1:pin=bt709:rin=full:t={transfer}:npl=100"
            ":p=bt2020:m=bt2020nc:r=tv,format=yuv420p10le", "-c:v", "libx265", "-x265-params",
-           "log-level=error", "-color_primaries", "bt2020", "-color_trc", transfer,
-           "-colorspace", "bt2020nc", str(source))
+           "log-level=error", "-color_trc", transfer, *tags, str(source))
     info = video.probe(source)
     assert video.is_hdr(info)
 
     poster = video.poster(source, tmp_path / "poster.png", info)
+    out = one_720p(source, tmp_path / "out.mp4", info)
+
     with Image.open(poster) as image:
         assert (image.mode, image.size) == ("RGB", (320, 180))
-        colour = image.getpixel((10, 10))
-    assert near_red(colour), colour
-    out = one_720p(source, tmp_path / "out.mp4", info)
+        posted = {xy: image.getpixel(xy) for xy in SDR_PATCHES}
+    made = {xy: rgb_at(out, *xy) for xy in SDR_PATCHES}
+    for xy, expected in SDR_PATCHES.items():
+        assert near(posted[xy], expected) and near(made[xy], expected), (posted, made)
+        assert near(posted[xy], made[xy])  # the poster's exact filters and the MP4s' LUT agree
     stream = ffprobe_json(out)["streams"][0]
     assert (stream["pix_fmt"], stream["color_transfer"], stream["color_primaries"]) == (
         "yuv420p", "bt709", "bt709")
-    assert near_red(rgb_at(out)), rgb_at(out)
 
 
 def test_sdr_video_is_not_tone_mapped(clips):
