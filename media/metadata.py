@@ -69,6 +69,8 @@ def video_metadata(src: Path) -> dict:
         "frame_rate": (video.frame_rate(v.get("avg_frame_rate"))
                        or video.frame_rate(v.get("r_frame_rate"))),
         "pixel_format": v.get("pix_fmt"),
+        # "HLG" or "PQ" for high dynamic range (tone-mapped to SDR in the renditions)
+        "hdr": video.HDR_TRANSFERS.get(v.get("color_transfer")),
         "audio_codec": a.get("codec_name"),
         "audio_profile": _known(a.get("profile")),
         "audio_channels": a.get("channels"),

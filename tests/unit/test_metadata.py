@@ -169,10 +169,25 @@ def test_video_metadata_of_a_phone_clip():
     assert meta["container"] == "mov,mp4,m4a,3gp,3g2,mj2"
     assert meta["video_profile"] == "Baseline"
     assert meta["pixel_format"] == "yuv420p"
+    assert meta["hdr"] is None
     assert meta["audio_profile"] == "LC"
     assert (meta["audio_channels"], meta["audio_sample_rate"]) == (1, 48000)
     assert meta["creation_time"] == "2017-01-05T18:32:43.000000Z"
     assert meta["bit_rate"] > meta["video_bit_rate"] > 0
+
+
+@needs_ffmpeg
+def test_video_metadata_says_hdr(tmp_path):
+    import subprocess
+
+    clip = tmp_path / "hlg.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=160x120:rate=10", "-t", "1", "-c:v", "libx265",
+                    "-x265-params", "log-level=error", "-pix_fmt", "yuv420p10le",
+                    "-color_trc", "arib-std-b67", "-color_primaries", "bt2020",
+                    "-colorspace", "bt2020nc", str(clip)], check=True, timeout=60)
+    meta = metadata.video_metadata(clip)
+    assert (meta["hdr"], meta["pixel_format"]) == ("HLG", "yuv420p10le")
 
 
 @needs_ffmpeg
