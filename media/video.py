@@ -116,11 +116,12 @@ def _parse_probe(raw: dict) -> Probe:
     if not set(fmt.get("format_name", "").split(",")) & ALLOWED_FORMATS:
         raise MediaError(_refused_format(fmt.get("format_name")))
     streams = raw.get("streams", [])
-    # The picture: not a cover image, and of several streams (a camera's preview beside
-    # the recording, a picture-in-picture) the largest, as ffmpeg itself would choose.
+    # The picture: not a cover image (flagged as one, or a single frame), and of several
+    # streams the one ffmpeg itself would choose: the default one, else the largest.
     videos = [s for s in streams if s.get("codec_type") == "video"
               and not s.get("disposition", {}).get("attached_pic")]
-    video = max(videos, key=_pixels, default=None)
+    moving = [s for s in videos if str(s.get("nb_frames")) != "1"] or videos
+    video = max(moving, key=_score, default=None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None or not video.get("width"):
         if audio is not None:
@@ -129,6 +130,7 @@ def _parse_probe(raw: dict) -> Probe:
         raise MediaError("The file has no readable video stream; it may be incomplete or "
                          "damaged.")
     _check_codecs(video, audio)
+    _check_dolby_vision(video)
     stored_width, height = int(video["width"]), int(video["height"])
     if stored_width * height > MAX_FRAME_PIXELS:
         raise MediaError(f"The video's frames are {stored_width}x{height} pixels "
@@ -143,9 +145,11 @@ def _parse_probe(raw: dict) -> Probe:
                  rotation, video, audio)
 
 
-def _pixels(stream: dict) -> int:
+def _score(stream: dict) -> int:
+    """ffmpeg's own choice of video stream (fftools): pixels, plus 5 M for the default."""
     width, height = stream.get("width"), stream.get("height")
-    return width * height if isinstance(width, int) and isinstance(height, int) else 0
+    pixels = width * height if isinstance(width, int) and isinstance(height, int) else 0
+    return pixels + 5_000_000 * bool(stream.get("disposition", {}).get("default"))
 
 
 def _display_width(width: int, sample_aspect: str | None) -> int:
@@ -176,6 +180,20 @@ def _check_codecs(video: dict, audio: dict | None) -> None:
     if audio is not None and audio.get("codec_name") not in AUDIO_CODECS:
         raise MediaError(f"The audio codec {audio.get('codec_name') or 'unknown'!r} is not "
                          "accepted; upload AAC, MP3, Opus, Vorbis, AC-3, FLAC or PCM audio.")
+
+
+def _check_dolby_vision(video: dict) -> None:
+    """Dolby Vision without a compatible base layer (profile 5) holds colours only a Dolby
+    Vision decoder reconstructs; decoded as plain HEVC they are green and purple. Profiles
+    8.x (iPhones: 8.4, an HLG base layer) decode as their base layer."""
+    for side in video.get("side_data_list", []):
+        if (side.get("side_data_type") == "DOVI configuration record"
+                and side.get("bl_present_flag", 1)
+                and side.get("dv_bl_signal_compatibility_id") == 0):
+            raise MediaError(f"The video is Dolby Vision (profile {side.get('dv_profile')}) "
+                             "without a standard picture inside, which only a Dolby Vision "
+                             "player can show in the right colours. Export it as HDR10, HLG "
+                             "or SDR and upload it again.")
 
 
 def _refused_format(name: str | None) -> str:
@@ -307,7 +325,8 @@ def sdr_lut(tags: dict[str, str], path: Path) -> Path:
     """Write `_tone_map` from HDR R'G'B' (as `tags` say) to BT.709 R'G'B' as a 3D LUT
     (.cube) at `path`. Applied with lut3d, it costs a third of the floating-point filters
     (bench/video.py)."""
-    path.write_text(_lut_text(tuple(sorted(tags.items()))))
+    key = tuple(sorted((k, v) for k, v in tags.items() if k != "range"))  # grid: full range
+    path.write_text(_lut_text(key))
     return path
 
 

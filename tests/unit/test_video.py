@@ -152,17 +152,45 @@ def test_probe_without_a_duration():
 
 
 def test_of_two_video_streams_the_larger_is_the_video(tmp_path):
-    """A small preview stream first (as some cameras write) does not make a small video."""
+    """Neither marked default (as some cameras write a preview stream first): the larger,
+    as ffmpeg itself chooses, not the first."""
     source = tmp_path / "two.mkv"
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i",
            "testsrc2=size=320x240:rate=10", "-t", "1", "-map", "0", "-map", "1", "-c:v",
-           "libx264", "-pix_fmt", "yuv420p", str(source))
+           "libx264", "-pix_fmt", "yuv420p", "-disposition:v:0", "0", str(source))
     info = video.probe(source)
     assert (info.width, info.height, info.video["index"]) == (320, 240, 1)
     out = one_720p(source, tmp_path / "out.mp4", info)
     assert [(s["width"], s["height"]) for s in ffprobe_json(out)["streams"]] == [(320, 240)]
     with Image.open(video.poster(source, tmp_path / "poster.png", info)) as image:
         assert image.size == (320, 240)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_cover_picture_not_flagged_as_one_is_not_the_video(tmp_path, container):
+    """A 1000x1000 JPEG muxed in beside a 320x240 clip without the attached_pic flag."""
+    cover, clip = tmp_path / "cover.jpg", tmp_path / f"clip.{container}"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1000x1000", "-frames:v", "1", str(cover))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-i", str(cover), "-t", "1",
+           "-map", "0", "-map", "1", "-c:v:0", "libx264", "-pix_fmt:v:0", "yuv420p",
+           "-c:v:1", "copy", str(clip))
+    info = video.probe(clip)
+    assert (info.video["codec_name"], info.width, info.height) == ("h264", 320, 240)
+
+
+def test_dolby_vision_without_a_standard_base_layer_is_refused_with_a_reason():
+    """Profile 5 decodes as green and purple without Dolby's reshaping: refused; profile 8.4
+    (iPhones) has an HLG base layer and is processed as HLG."""
+    def probe_with(profile: int, compatibility: int) -> dict:
+        stream = {"index": 0, "codec_type": "video", "codec_name": "hevc", "width": 1920,
+                  "height": 1080, "side_data_list": [{
+                      "side_data_type": "DOVI configuration record", "dv_profile": profile,
+                      "bl_present_flag": 1, "dv_bl_signal_compatibility_id": compatibility}]}
+        return {"format": {"format_name": "mov,mp4,m4a,3gp,3g2,mj2"}, "streams": [stream]}
+
+    with pytest.raises(MediaError, match=r"Dolby Vision \(profile 5\).*Export it as HDR10"):
+        video._parse_probe(probe_with(5, 0))
+    assert video._parse_probe(probe_with(8, 4)).width == 1920
 
 
 def test_probe_rotation_swaps_width_and_height(clips):
