@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -205,6 +206,7 @@ def _progress_writer(services: Services, job_id: str, every: float = 1.0) -> Cal
 
 TEMP_PREFIX = "mediamill-"
 LOCK_NAME = ".lock"
+_LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 ORPHAN_AGE = 6 * 3600  # seconds, for a folder without a lock file (made by an older version)
 
 
@@ -226,29 +228,44 @@ def work_folder() -> Iterator[Path]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
         lock.close()
+        with contextlib.suppress(OSError):  # NFS keeps an open, unlinked .lock until here
+            path.rmdir()
 
 
 def remove_orphaned_temp() -> None:
     """Remove the work folders (the original, possibly GBs, and the outputs) of jobs whose
     process was killed: those whose lock no process holds; a folder without a lock file
-    once it is ORPHAN_AGE old."""
+    once it is ORPHAN_AGE old. Only this user's folders, and only a regular `.lock` is
+    opened (a FIFO planted there would hang the worker's start). TMPDIR should be local to
+    the machine, as it is by default; a shared one needs locks that work across machines
+    (NFS with its lock manager does; `local_lock` or `nolock` mounts do not)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
-        if folder.is_symlink() or not folder.is_dir():
+        try:
+            info = folder.lstat()
+        except OSError:  # removed meanwhile
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             continue
         try:
-            fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+            fd = os.open(folder / LOCK_NAME, _LOCK_FLAGS)  # for writing: NFS locks need it
         except FileNotFoundError:  # an older version's folder, or one made this instant
-            with contextlib.suppress(OSError):
-                if time.time() - folder.stat().st_mtime > ORPHAN_AGE:
-                    shutil.rmtree(folder, ignore_errors=True)
+            if time.time() - info.st_mtime > ORPHAN_AGE:
+                shutil.rmtree(folder, ignore_errors=True)
             continue
-        except OSError:
+        except OSError as exc:
+            log.warning("work folder %s left alone: %s", folder, exc)
             continue
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a running job
+        except BlockingIOError:  # held: a running job
+            continue
+        except OSError as exc:  # no locks here (ENOLCK): nothing can be told apart
+            log.warning("work folder %s left alone: %s", folder, exc)
             continue
         else:
             shutil.rmtree(folder, ignore_errors=True)  # still locked: no job can take it
         finally:
             os.close(fd)
+

@@ -90,13 +90,16 @@ def test_orphaned_work_folders_go_and_live_ones_stay(tmp_path):
         jobs[1].kill()
         jobs[1].wait()
         fresh, old = tmp_path / "mediamill-x1", tmp_path / "mediamill-x2"
-        other = tmp_path / "other"
-        for folder in (fresh, old, other):
+        other, fifo, link = tmp_path / "other", tmp_path / "mediamill-f", tmp_path / "mediamill-l"
+        for folder in (fresh, old, other, fifo, link):
             (folder / "out").mkdir(parents=True)
         os.utime(old, (time.time() - pipeline.ORPHAN_AGE - 60,) * 2)
+        os.mkfifo(fifo / pipeline.LOCK_NAME)  # planted: opening it must not hang the worker
+        (link / pipeline.LOCK_NAME).symlink_to(killed / pipeline.LOCK_NAME)
         with mock.patch.object(tempfile, "tempdir", str(tmp_path)):
             pipeline.remove_orphaned_temp()
-        assert {p.name for p in tmp_path.iterdir()} == {live.name, fresh.name, other.name}
+        assert {p.name for p in tmp_path.iterdir()} == {live.name, fresh.name, other.name,
+                                                        fifo.name, link.name}
     finally:
         for job in jobs:
             job.kill()
