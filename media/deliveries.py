@@ -7,12 +7,14 @@ getting the event twice at the same time; every attempt carries the same webhook
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from media.records import Delivery, utcnow
+from media.records import Asset, Delivery, utcnow
 from media.timefmt import rfc3339
 from media.webhooks import Attempt, next_attempt
 
@@ -70,10 +72,31 @@ def _claimable(now: datetime) -> tuple[ColumnElement[bool], ...]:
             or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now))
 
 
-def redeliver(session: Session, delivery: Delivery) -> None:
-    """Send again now, with the same webhook-id, whatever its status was."""
+def redeliver(session: Session, delivery: Delivery,
+              render: Callable[[Asset], dict] | None = None) -> None:
+    """Send again now, with the same webhook-id, whatever its status was. With `render`
+    (the asset JSON as events carry it), the event's links, signed for 7 days when it was
+    recorded, are signed afresh if the asset still exists; the rest is as it was."""
     delivery.status, delivery.next_attempt_at = "pending", utcnow()
     delivery.claimed_until, delivery.dispatched_at = None, utcnow()
+    asset = session.get(Asset, delivery.asset_id) if render is not None else None
+    if asset is not None and asset.deleted_at is None:
+        delivery.body = fresh_links(delivery.body, render(asset))
+
+
+def fresh_links(body: str, current: dict) -> str:
+    """`body` (an event) with its original and derivative links taken from `current`."""
+    event = json.loads(body)
+    data = event.get("data")
+    if not isinstance(data, dict) or data.get("id") != current.get("id"):
+        return body
+    links = {d.get("name"): d.get("url") for d in current.get("derivatives") or []}
+    if "original_url" in data:
+        data["original_url"] = current.get("original_url")
+    for derivative in data.get("derivatives") or []:
+        if derivative.get("name") in links:
+            derivative["url"] = links[derivative["name"]]
+    return json.dumps(event, separators=(",", ":"), sort_keys=True)  # as body_for writes
 
 
 def to_json(delivery: Delivery) -> dict:

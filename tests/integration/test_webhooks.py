@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 from standardwebhooks import Webhook
@@ -58,7 +59,8 @@ def test_failing_receiver_gets_the_same_webhook_id_until_it_answers(make_stack, 
                                                                    corpus):
     stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES,
                        beat=True)
-    key = stack.create_key("alice")
+    tenant = stack.create_tenant("alice")
+    key = tenant["api_key"]
     client = stack.client()
     seen = Counter()
 
@@ -93,8 +95,15 @@ def test_failing_receiver_gets_the_same_webhook_id_until_it_answers(make_stack, 
     assert redo.status_code == 202
     wait_for(lambda: len(receiver.of_type("asset.completed")) == 5, timeout=30,
              what="redelivery")
-    assert receiver.of_type("asset.completed")[-1].headers["webhook-id"] == \
-        attempts[0].headers["webhook-id"]
+    again = receiver.of_type("asset.completed")[-1]
+    assert again.headers["webhook-id"] == attempts[0].headers["webhook-id"]
+    # Its links were signed afresh (an old event's would have expired), and it is signed
+    # over what was sent.
+    event = Webhook(tenant["webhook_secret"]).verify(again.body, again.headers)
+    links = [event["data"]["original_url"], *(d["url"] for d in event["data"]["derivatives"])]
+    for link in links:
+        parts = urlsplit(link)
+        assert client.get(f"{parts.path}?{parts.query}").status_code == 200, link
 
 
 def test_receiver_that_is_down_gets_the_event_when_it_comes_back(make_stack, corpus):

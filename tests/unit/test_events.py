@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from media import assets, deliveries
 from media.events import Outbox
 from media.keys import create_api_key, tenant_for_key
-from media.records import AssetEvent, Database, Delivery, Job, Webhook, utcnow
+from media.records import Asset, AssetEvent, Database, Delivery, Job, Webhook, utcnow
 from media.webhooks import Attempt
 
 
@@ -153,3 +154,40 @@ def test_completing_the_asset_renders_its_json_once(world):
     assert (last.type, completed.type) == ("asset.thumbnails.completed", "asset.completed")
     assert completed.seq == last.seq + 1 and completed.data == last.data
     assert len(rendered) == 1
+
+
+def test_a_redelivery_signs_the_events_links_afresh_and_keeps_the_rest(world):
+    """An event's links are signed for 7 days when it is recorded: a manual redelivery
+    later would send dead links. The rest of the event is as it was."""
+    db, outbox, *_ = world
+    run_all(db, outbox)
+    with db.session() as session:
+        delivery = session.scalars(select(Delivery)).first()
+        delivery_id, old = delivery.id, json.loads(delivery.body)
+        old["data"].update(original_url="https://s/original?expired=1", derivatives=[
+            {"name": "thumb_256.webp", "url": "https://s/256?expired=1", "width": 256},
+            {"name": "gone.webp", "url": "https://s/gone?expired=1"}])
+        delivery.body = json.dumps(old)
+
+    def render(asset) -> dict:
+        return {"id": asset.id, "status": "changed since", "original_url": "https://s/o?new",
+                "derivatives": [{"name": "thumb_256.webp", "url": "https://s/256?new"}]}
+
+    with db.session() as session:
+        deliveries.redeliver(session, session.get(Delivery, delivery_id), render)
+    with db.session() as session:
+        new = json.loads(session.get(Delivery, delivery_id).body)
+    assert new["data"]["original_url"] == "https://s/o?new"
+    assert new["data"]["derivatives"] == [
+        {"name": "thumb_256.webp", "url": "https://s/256?new", "width": 256},
+        {"name": "gone.webp", "url": "https://s/gone?expired=1"}]  # no longer made: as it was
+    old["data"].pop("original_url"), old["data"].pop("derivatives")
+    new["data"].pop("original_url"), new["data"].pop("derivatives")
+    assert new == old  # status, type, timestamp: the event as it happened
+
+    with db.session() as session:  # a deleted asset's links stay as they were
+        delivery = session.get(Delivery, delivery_id)
+        session.get(Asset, delivery.asset_id).deleted_at = utcnow()
+        before = delivery.body
+        deliveries.redeliver(session, delivery, render)
+        assert delivery.body == before

@@ -72,10 +72,10 @@ def log():
 @bp.post("/deliveries/<delivery_id>/redeliver")
 @require_tenant
 def redeliver(delivery_id: str):
-    """Send a delivery again with the same webhook-id: 202."""
+    """Send a delivery again with the same webhook-id, its links signed afresh: 202."""
     with services().db.session() as session:
         delivery = _owned(session, Delivery, delivery_id, "delivery")
-        deliveries.redeliver(session, delivery)
+        deliveries.redeliver(session, delivery, services().render)
         answer = deliveries.to_json(delivery)
         after_commit(session, lambda: celery().send_task("webhooks.deliver", args=[delivery_id]))
     return jsonify(answer), 202
