@@ -191,6 +191,9 @@ def test_refusals_failures_and_a_second_sign_in(browser, site, corpus, tmp_path)
     assert broken.locator("[data-job=thumbnails]").get_attribute("data-status") == "failed"
     assert page.evaluate("() => window.mediamillUppy.getFiles().map(f => f.name)") == [
         "truncated_jpeg.jpg"]
+    # Uppy's own bar speaks of the files it still holds, which all arrived.
+    status_bar = page.locator(".uppy-StatusBar")
+    assert "failed" not in status_bar.inner_text().lower(), status_bar.inner_text()
     screenshot(page, "upload-refusals-desktop")
 
     # Sign in again in another tab of the same browser: this tab's next upload still works.

@@ -187,7 +187,12 @@
       // Too large, not media, malformed: the same file would be refused again, so it leaves
       // Uppy (which would otherwise send it again with the next batch, or on Retry).
       refused.add(file.id);
-      window.setTimeout(() => uppy.removeFile(file.id), 0);
+      window.setTimeout(() => {
+        uppy.removeFile(file.id);
+        // Its card says why. Uppy's own bar would go on saying "Upload failed" over files
+        // that all arrived: it reflects the files still in Uppy from now on.
+        if (!uppy.getFiles().some((f) => f.error)) uppy.setState({ error: null });
+      }, 0);
     }
   });
   uppy.on('file-removed', (file) => {
