@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from media.records import Asset, Delivery, utcnow
-from media.timefmt import rfc3339
+from media.timefmt import aware, rfc3339
 from media.webhooks import Attempt, next_attempt
 
 CLAIM = timedelta(seconds=60)  # longer than one attempt's connect + read timeouts
@@ -76,10 +76,14 @@ def redeliver(session: Session, delivery: Delivery,
               render: Callable[[Asset], dict] | None = None) -> None:
     """Send again now, with the same webhook-id, whatever its status was. With `render`
     (the asset JSON as events carry it), the event's links, signed for 7 days when it was
-    recorded, are signed afresh if the asset still exists; the rest is as it was."""
+    recorded, are signed afresh if the asset still exists; the rest is as it was. Not while
+    an attempt holds the delivery: the send this asks for may race that attempt, and two
+    sends under one webhook-id must carry the same bytes."""
+    attempting = (delivery.claimed_until is not None
+                  and aware(delivery.claimed_until) > utcnow())
     delivery.status, delivery.next_attempt_at = "pending", utcnow()
     delivery.claimed_until, delivery.dispatched_at = None, utcnow()
-    asset = session.get(Asset, delivery.asset_id) if render is not None else None
+    asset = session.get(Asset, delivery.asset_id) if render and not attempting else None
     if asset is not None and asset.deleted_at is None:
         delivery.body = fresh_links(delivery.body, render(asset))
 

@@ -120,8 +120,10 @@ def _parse_probe(raw: dict) -> Probe:
     # streams the one ffmpeg itself would choose: the default one, else the largest.
     videos = [s for s in streams if s.get("codec_type") == "video"
               and not s.get("disposition", {}).get("attached_pic")]
-    moving = [s for s in videos if str(s.get("nb_frames")) != "1"] or videos
-    video = max(moving, key=_score, default=None)
+    total = _float(fmt.get("duration"))
+    moving = [s for s in videos if not _still(s, total)] or videos
+    sized = [s for s in moving if _pixels(s)] or moving
+    video = max(sized, key=_score, default=None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if video is None or not video.get("width"):
         if audio is not None:
@@ -147,9 +149,34 @@ def _parse_probe(raw: dict) -> Probe:
 
 def _score(stream: dict) -> int:
     """ffmpeg's own choice of video stream (fftools): pixels, plus 5 M for the default."""
+    return _pixels(stream) + 5_000_000 * bool(stream.get("disposition", {}).get("default"))
+
+
+def _pixels(stream: dict) -> int:
     width, height = stream.get("width"), stream.get("height")
-    pixels = width * height if isinstance(width, int) and isinstance(height, int) else 0
-    return pixels + 5_000_000 * bool(stream.get("disposition", {}).get("default"))
+    return width * height if isinstance(width, int) and isinstance(height, int) else 0
+
+
+def _still(stream: dict, total: float | None) -> bool:
+    """A picture muxed in as a one-frame stream (a cover without its flag): one frame by
+    the count MP4 and mkvmerge give, or a tenth of a second long in a longer file (MKV,
+    WebM, TS give no count)."""
+    tags = stream.get("tags") or {}
+    if "1" in (str(stream.get("nb_frames")), tags.get("NUMBER_OF_FRAMES"),
+               tags.get("NUMBER_OF_FRAMES-eng")):
+        return True
+    length = _float(stream.get("duration")) or _clock(tags.get("DURATION")
+                                                      or tags.get("DURATION-eng"))
+    return length is not None and length <= 0.1 and (total or 0) > 1
+
+
+def _clock(value) -> float | None:
+    """Matroska's "00:00:00.040000000" in seconds."""
+    try:
+        hours, minutes, seconds = str(value).split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _display_width(width: int, sample_aspect: str | None) -> int:

@@ -167,7 +167,7 @@ def test_a_redelivery_signs_the_events_links_afresh_and_keeps_the_rest(world):
         old["data"].update(original_url="https://s/original?expired=1", derivatives=[
             {"name": "thumb_256.webp", "url": "https://s/256?expired=1", "width": 256},
             {"name": "gone.webp", "url": "https://s/gone?expired=1"}])
-        delivery.body = json.dumps(old)
+        delivery.body = body = json.dumps(old)
 
     def render(asset) -> dict:
         return {"id": asset.id, "status": "changed since", "original_url": "https://s/o?new",
@@ -184,6 +184,14 @@ def test_a_redelivery_signs_the_events_links_afresh_and_keeps_the_rest(world):
     old["data"].pop("original_url"), old["data"].pop("derivatives")
     new["data"].pop("original_url"), new["data"].pop("derivatives")
     assert new == old  # status, type, timestamp: the event as it happened
+
+    with db.session() as session:  # not while an attempt holds it: one id, one body
+        delivery = session.get(Delivery, delivery_id)
+        delivery.body, delivery.claimed_until = body, utcnow() + timedelta(seconds=30)
+    with db.session() as session:
+        deliveries.redeliver(session, session.get(Delivery, delivery_id), render)
+    with db.session() as session:
+        assert session.get(Delivery, delivery_id).body == body
 
     with db.session() as session:  # a deleted asset's links stay as they were
         delivery = session.get(Delivery, delivery_id)

@@ -178,6 +178,27 @@ def test_a_cover_picture_not_flagged_as_one_is_not_the_video(tmp_path, container
     assert (info.video["codec_name"], info.width, info.height) == ("h264", 320, 240)
 
 
+def test_a_one_frame_stream_larger_than_the_video_is_not_the_video(tmp_path):
+    """MKV gives no frame count: a 3000x2000 still muxed in, neither stream marked default,
+    is told from the video by its length (0.04 s in a 3 s file)."""
+    still, clip = tmp_path / "still.jpg", tmp_path / "clip.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=3000x2000", "-frames:v", "1", str(still))
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=640x360:rate=10", "-i", str(still), "-t", "3",
+           "-map", "0", "-map", "1", "-c:v:0", "libx264", "-pix_fmt:v:0", "yuv420p",
+           "-c:v:1", "copy", "-disposition:v:0", "0", "-disposition:v:1", "0", str(clip))
+    info = video.probe(clip)
+    assert (info.video["codec_name"], info.width, info.height) == ("h264", 640, 360)
+
+
+def test_a_stream_of_unknown_size_is_not_chosen_over_a_picture():
+    streams = [{"index": 0, "codec_type": "video", "codec_name": "h264",
+                "disposition": {"default": 1}},
+               {"index": 1, "codec_type": "video", "codec_name": "h264", "width": 1920,
+                "height": 1080, "disposition": {"default": 0}}]
+    info = video._parse_probe({"format": {"format_name": "matroska,webm"}, "streams": streams})
+    assert info.video["index"] == 1
+
+
 def test_dolby_vision_without_a_standard_base_layer_is_refused_with_a_reason():
     """Profile 5 decodes as green and purple without Dolby's reshaping: refused; profile 8.4
     (iPhones) has an HLG base layer and is processed as HLG."""

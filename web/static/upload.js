@@ -190,8 +190,9 @@
       window.setTimeout(() => {
         uppy.removeFile(file.id);
         // Its card says why. Uppy's own bar would go on saying "Upload failed" over files
-        // that all arrived: it reflects the files still in Uppy from now on.
-        if (!uppy.getFiles().some((f) => f.error)) uppy.setState({ error: null });
+        // that all arrived: it speaks of the files still in Uppy from now on.
+        const left = uppy.getFiles().find((f) => f.error);
+        uppy.setState({ error: left ? left.error : null });
       }, 0);
     }
   });
