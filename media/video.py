@@ -286,8 +286,9 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
     if is_hdr(info):  # once, at the largest rendition's size, before the renditions split
         largest = max(renditions, key=lambda r: r.width * r.height)
-        lut = sdr_lut(hdr_tags(info), largest.path.with_name("sdr.cube"))
-        picture = _to_sdr_video(picture, info, (largest.width, largest.height), lut)
+        tags = hdr_tags(info)
+        lut = sdr_lut(tags, largest.path.with_name("sdr.cube"))
+        picture = _to_sdr_video(picture, tags, (largest.width, largest.height), lut)
     branches = picture.split() if len(renditions) > 1 else None
     outputs = []
     for i, rendition in enumerate(renditions):
@@ -384,9 +385,9 @@ def _lut_text(tags: tuple[tuple[str, str], ...]) -> str:
         for i in range(0, len(values), 3))
 
 
-def _to_sdr_video(picture, info: Probe, size: tuple[int, int], lut: Path):
-    """HDR frames to 8-bit SDR BT.709 YUV at `size`: R'G'B' in 16 bits, the LUT, back."""
-    tags = hdr_tags(info)
+def _to_sdr_video(picture, tags: dict[str, str], size: tuple[int, int], lut: Path):
+    """HDR frames (as `hdr_tags` says they are) to 8-bit SDR BT.709 YUV at `size`: R'G'B'
+    in 16 bits, the LUT, back."""
     return (picture.filter("scale", *size, in_range=tags["range"],
                            in_color_matrix="bt709" if tags["colorspace"] == "bt709"
                            else "bt2020")

@@ -268,4 +268,3 @@ def remove_orphaned_temp() -> None:
             shutil.rmtree(folder, ignore_errors=True)  # still locked: no job can take it
         finally:
             os.close(fd)
-
