@@ -55,6 +55,21 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
+def stop_all(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    """Stop processes together: a Celery worker's warm shutdown takes a few seconds, and
+    one after the other a stack's took about 8 s per test."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def pytest_configure(config) -> None:
     if not CORPUS.is_dir():  # the tests' real photos and videos: a hard requirement
         raise pytest.UsageError(f"the test corpus is missing at {CORPUS}; check out shared/ "
@@ -264,8 +279,7 @@ def make_stack(tmp_path, redis_server, request):
         return Stack(env, settings, app, workers, tmp, started)
 
     yield make
-    for proc in started:
-        stop(proc, timeout=15)
+    stop_all(started, timeout=15)
     for log in tmp_path.glob("stack*/worker-*.log"):
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             sys.stderr.write(f"\n--- {log} ---\n{log.read_text()[-4000:]}\n")

@@ -3,7 +3,6 @@ subprocesses per queue and beat consume them. RabbitMQ's run is in test_pipeline
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -43,25 +42,13 @@ def make_sqs_stack(make_stack, s3_endpoint, monkeypatch):
     """make_stack on SQS at moto_server (which also serves S3), queues of its own."""
     monkeypatch.setattr(conftest, "wait_workers_ready", wait_workers_logged_ready)
     host = s3_endpoint.split("://", 1)[1]
-    stacks = []
 
     def make(extra_env: dict | None = None, **kwargs):
         env = {"MEDIAMILL_SQS_QUEUE_PREFIX": f"t{uuid.uuid4().hex[:10]}-", **(extra_env or {})}
-        stacks.append(make_stack(broker_url=f"sqs://testing:testing@{host}",
-                                 s3_endpoint=s3_endpoint, extra_env=env, **kwargs))
-        return stacks[-1]
+        return make_stack(broker_url=f"sqs://testing:testing@{host}", s3_endpoint=s3_endpoint,
+                          extra_env=env, **kwargs)
 
-    yield make
-    # Warm shutdowns take ~4 s each: run them side by side rather than make_stack's in turn.
-    procs = {proc for stack in stacks for proc in stack.started if proc.poll() is None}
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return make  # make_stack stops the processes, side by side
 
 
 @pytest.fixture
