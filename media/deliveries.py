@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from media.records import Asset, Delivery, utcnow
 from media.timefmt import aware, rfc3339
-from media.webhooks import Attempt, next_attempt
+from media.webhooks import Attempt, encode, next_attempt
 
 CLAIM = timedelta(seconds=60)  # longer than one attempt's connect + read timeouts
 REDISPATCH = timedelta(seconds=60)
@@ -100,7 +100,7 @@ def fresh_links(body: str, current: dict) -> str:
     for derivative in data.get("derivatives") or []:
         if derivative.get("name") in links:
             derivative["url"] = links[derivative["name"]]
-    return json.dumps(event, separators=(",", ":"), sort_keys=True)  # as body_for writes
+    return encode(event)
 
 
 def to_json(delivery: Delivery) -> dict:

@@ -120,8 +120,12 @@ def sign(secret: str, message_id: str, timestamp: int, body: str) -> dict[str, s
 def body_for(event_type: str, timestamp: datetime, asset: dict) -> str:
     """The JSON body of an event, fixed once so every retry sends the same bytes."""
     stamp = rfc3339(timestamp.astimezone(UTC))
-    return json.dumps({"type": event_type, "timestamp": stamp, "data": asset},
-                      separators=(",", ":"), sort_keys=True)
+    return encode({"type": event_type, "timestamp": stamp, "data": asset})
+
+
+def encode(event: dict) -> str:
+    """An event as the bytes of its body: compact, keys sorted."""
+    return json.dumps(event, separators=(",", ":"), sort_keys=True)
 
 
 def send(url: str, body: str, headers: dict[str, str], allow_private: bool) -> Attempt:
