@@ -317,7 +317,7 @@ def _shrink_in_bands(rows: Callable[[int, int], tuple[Image.Image, int]],
     on 3 MP, and converting first moves the SSIM of the cascaded 1024 output by 0.00002."""
     width, height = size_in
     scale = height / size[1]
-    margin = math.ceil(_LANCZOS3_SUPPORT * scale) + 2  # source rows an output row reads
+    margin = _margin(scale)
     out = None
     for top in range(0, size[1], _BAND_ROWS):
         bottom = min(top + _BAND_ROWS, size[1])
@@ -348,18 +348,23 @@ def _unpremultiplied(image: Image.Image) -> Image.Image:
 
 class _PngStrips:
     """The rows of a big non-interlaced 8-bit PNG, decoded a strip at a time so that the
-    whole image never sits in memory (12 MP of RGB is 48 MB in Pillow). Each strip becomes
-    a small PNG of its own for Pillow's decoder: its filtered rows in a stored (level 0)
+    whole image never sits in memory (12 MP of RGB is 48 MB in Pillow). Each strip goes
+    through Pillow's own PNG row decoder ("zip"): its filtered rows in a stored (level 0)
     zlib stream, behind the unfiltered row above them, which the filters refer to."""
 
-    def __init__(self, fh: BinaryIO, header: bytes, extra: bytes, first_idat: bytes):
-        self._fh, self._header, self._extra = fh, header, extra
+    def __init__(self, fh: BinaryIO, header: bytes, first_idat: bytes, keep: int):
+        self._fh = fh
         width, _, _, colour = struct.unpack(">IIBB", header[:10])
         self._width, self._stride = width, 1 + width * _PNG_CHANNELS[colour]
+        self._mode = _PNG_MODES[colour]
+        self._palette: bytes | None = None
+        self._transparency: int | tuple[int, ...] | bytes | None = None
         self._pending: bytes | None = first_idat
         self._inflate = zlib.decompressobj()
         self._buf, self._first = bytearray(), 0  # filtered rows from row `_first` on
-        self._above: tuple[Image.Image, int] | None = None  # the last strip, its first row
+        # the last rows decoded, as many as the next strip may reach back, and the first
+        self._above: tuple[Image.Image, int] | None = None
+        self._keep = keep
         self._exif: bytes | None = None
 
     @classmethod
@@ -380,17 +385,22 @@ class _PngStrips:
             # A strip is _BAND_ROWS output rows' worth of source rows: on a very wide, short
             # image that is most of it, held several times over; decode those whole.
             width, height = image.size
-            strip_rows = (_BAND_ROWS + 2 * _LANCZOS3_SUPPORT) * height / size[1]
+            scale = height / size[1]
+            strip_rows = _BAND_ROWS * scale + 2 * _margin(scale)
             if strip_rows * width * _PNG_CHANNELS[colour] > _MAX_STRIP_BYTES:
                 raise OSError
-            extra, exif = b"", None
+            palette = transparency = exif = None
             for kind, data in chunks:
                 if kind == b"IDAT":
-                    strips = cls(fh, header, extra, data)
-                    strips._exif = exif
+                    if colour == 3 and palette is None:
+                        raise OSError  # no palette: Pillow says what is wrong
+                    # a strip starts at most 2 margins and a row above the last one's end
+                    strips = cls(fh, header, data, keep=2 * _margin(scale) + 4)
+                    strips._palette, strips._exif = palette, exif
+                    strips._transparency = _png_transparency(colour, transparency)
                     return strips
-                if kind in (b"PLTE", b"tRNS"):
-                    extra += _png_chunk(kind, data)
+                palette = data if kind == b"PLTE" else palette
+                transparency = data if kind == b"tRNS" else transparency
                 exif = data if kind == b"eXIf" else exif
         except (OSError, StopIteration, IndexError, MediaError):
             pass  # anything unusual: Pillow decodes it whole, and says what is wrong
@@ -404,18 +414,23 @@ class _PngStrips:
         self._fh.close()
 
     def rows(self, lo: int, hi: int) -> tuple[Image.Image, int]:
-        """Source rows lo..hi-1, and the row above them, premultiplied if there is alpha."""
+        """Source rows lo..hi-1, and the row above them, premultiplied if there is alpha.
+        Each call starts at or after the last one's start, and at most `keep` - 1 rows
+        before its end."""
         self._inflate_to(hi)
         start = (lo - self._first) * self._stride
-        raw = self._buf[start:(hi - self._first) * self._stride]
-        origin = lo
-        if self._above is not None and lo > 0:
-            above, first = self._above
+        origin, above = lo, b""
+        if self._above is not None and lo > 0:  # filters refer to the unfiltered row above
+            kept, first = self._above
             origin = lo - 1
-            raw[:0] = b"\0" + above.crop((0, origin - first, self._width,
-                                             lo - first)).tobytes()
-        strip = self._decode(raw, hi - origin)
-        self._above = strip, origin
+            above = b"\0" + kept.crop((0, origin - first, self._width, lo - first)).tobytes()
+        rows = memoryview(self._buf)[start:(hi - self._first) * self._stride]
+        with rows:  # released before the buffer is trimmed below
+            data = zlib.compress(b"".join((above, rows)), 0)
+        strip = self._decode(data, hi - origin)
+        del data
+        tail = max(0, strip.height - self._keep)
+        self._above = strip.crop((0, tail, self._width, strip.height)), origin + tail
         del self._buf[:start]
         self._first = lo
         return _premultiplied(_to_8bit(strip)), origin
@@ -452,16 +467,41 @@ class _PngStrips:
             raise MediaError("The image is truncated or corrupt and cannot be decoded.")
         return data
 
-    def _decode(self, raw: bytearray, height: int) -> Image.Image:
-        header = struct.pack(">II", self._width, height) + self._header[8:]
-        png = b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), self._extra,
-                        _png_chunk(b"IDAT", zlib.compress(raw, 0)), _png_chunk(b"IEND", b"")))
-        return _load(Image.open(io.BytesIO(png), formats=("PNG",)))
+    def _decode(self, data: bytes, height: int) -> Image.Image:
+        try:  # Pillow's PNG row decoder: inflates and undoes the filters
+            strip = Image.frombytes(self._mode, (self._width, height), data, "zip", self._mode)
+        except ValueError as exc:  # a filter type that does not exist, say
+            log.info("decoding failed: %s", exc)
+            raise MediaError("The image is truncated or corrupt and cannot be decoded: "
+                             "export or upload the complete file again.") from exc
+        if self._palette is not None:
+            strip.putpalette(self._palette)
+        if self._transparency is not None:
+            strip.info["transparency"] = self._transparency
+        return strip
 
 
 _MAX_STRIP_BYTES = 16 * 2**20  # a 12 MP photo's strips are about 4 MB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes a pixel at 8 bits
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+
+
+def _png_transparency(colour: int, trns: bytes | None) -> int | tuple[int, ...] | bytes | None:
+    """A tRNS chunk as Pillow's PNG reader gives it: an alpha a palette entry (P), or the
+    one grey or RGB value that is transparent (samples of 16 bits)."""
+    if trns is not None and colour == 3:
+        return trns
+    if trns is not None and colour == 0 and len(trns) >= 2:
+        return struct.unpack(">H", trns[:2])[0]
+    if trns is not None and colour == 2 and len(trns) >= 6:
+        return struct.unpack(">3H", trns[:6])
+    return None
+
+
+def _margin(scale: float) -> int:
+    """Source rows beyond a band's edge that Lanczos-3 reads, shrinking by `scale`."""
+    return math.ceil(_LANCZOS3_SUPPORT * scale) + 2
 
 
 def _png_chunks(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
@@ -481,10 +521,6 @@ def _png_chunks(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
         yield kind, data
         if kind == b"IEND":
             return
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _orientation(image: Image.Image) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -561,6 +562,33 @@ def test_truncated_big_png_fails_cleanly(tmp_path):
     assert "truncated or corrupt" in str(caught.value)
     assert not EXCEPTION_NAME.search(str(caught.value))
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _png(path: Path, width: int, rows: list[bytes], colour: int = 2) -> Path:
+    """A PNG written by hand: 8-bit `colour` type, `rows` already filtered."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + len(rows).to_bytes(4, "big") + bytes([8, colour, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+    return path
+
+
+def test_big_png_with_a_filter_that_does_not_exist_fails_cleanly(tmp_path):
+    width = 3000
+    good, bad = b"\x00" + bytes(3 * width), b"\x07" + bytes(3 * width)  # types are 0-4
+    source = _png(tmp_path / "bad_filter.png", width, [good] * 1500 + [bad] + [good] * 499)
+    (tmp_path / "out").mkdir()
+    with thumbnails.open_image(source) as image:
+        assert thumbnails._PngStrips.open(image, (2048, 1365)) is not None
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
+    assert not EXCEPTION_NAME.search(str(caught.value))
 
 
 @pytest.mark.parametrize("after_pixels", [False, True])
