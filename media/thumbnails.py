@@ -277,6 +277,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         return image.convert("RGBA" if alpha else "RGB")
     if image.mode in ("RGBa", "La"):
         return image.convert(image.mode.upper())
+    if image.mode in ("L", "RGB") and "transparency" in image.info:  # a PNG's colour key
+        return image.convert({"L": "LA", "RGB": "RGBA"}[image.mode])
     if image.mode in ("1", "F"):
         return image.convert("L")
     if image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK"):

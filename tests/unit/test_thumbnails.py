@@ -591,6 +591,34 @@ def test_big_png_with_a_filter_that_does_not_exist_fails_cleanly(tmp_path):
     assert not EXCEPTION_NAME.search(str(caught.value))
 
 
+@pytest.mark.parametrize("colour", ["L", "RGB"])
+@pytest.mark.parametrize("width", [3000, 600], ids=["streamed", "whole"])
+def test_png_colour_key_becomes_transparency(tmp_path, colour, width):
+    """A PNG without alpha may still name one colour as transparent (tRNS): old logos do.
+    That colour is transparent in the WebP and white in the JPEG, streamed or not."""
+    key = (255, 0, 255)  # magenta background, a blue square in the middle
+    image = Image.new("RGB", (width, width * 2 // 3), key)
+    image.paste((0, 0, 200), (width // 3, width // 6, width * 2 // 3, width // 2))
+    source = tmp_path / f"key_{colour}.png"
+    if colour == "L":
+        image.convert("L").save(source, transparency=image.convert("L").getpixel((0, 0)))
+    else:
+        image.save(source, transparency=key)
+    with thumbnails.open_image(source) as opened:
+        streamed = thumbnails._PngStrips.open(opened, thumbnails.fit(opened.size, 1024))
+        assert (streamed is not None) == (width > 1024)
+        if streamed:
+            streamed.__exit__()
+
+    out = {r.name: r for r in thumbnails.render(source, tmp_path)}
+    with Image.open(out["thumb_256.webp"].path) as webp:
+        assert webp.mode == "RGBA"
+        assert webp.getpixel((2, 2))[3] == 0  # the background
+        assert webp.getpixel((128, 85))[3] == 255  # the square
+    with Image.open(out["thumb_256.jpg"].path) as jpeg:
+        assert min(jpeg.convert("RGB").getpixel((2, 2))) > 245  # flattened on white
+
+
 @pytest.mark.parametrize("after_pixels", [False, True])
 def test_png_exif_orientation_is_applied_wherever_the_chunk_is(tmp_path, after_pixels):
     with Image.open(CORPUS / "orientation/Landscape_6.jpg") as photo:
