@@ -24,7 +24,8 @@ ROUTES = {
 # a readable reason; the hard limit kills the child if it ignores that. For video these are
 # ceilings: a task's limits are fixed when it is sent, before the duration is known, so the
 # limit proportional to the duration is ffmpeg's own watchdog (media.video.time_budget:
-# 120 s + 20 s per second of source, under this soft limit).
+# 120 s + 20 s per second of source, not counting seconds a transcode was starved of CPU,
+# under this soft limit).
 TIME_LIMITS = {
     "thumbnails.render": (120, 150),
     "metadata.extract": (300, 330),

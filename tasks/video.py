@@ -40,7 +40,7 @@ def make_renditions(ctx: Context) -> Result:
     video.transcode(ctx.src, renditions, info, on_progress=ctx.report,
                     threads=ffmpeg_threads(settings, _pool["concurrency"]), timeout=budget,
                     keyframe_every=HLS_SEGMENT if settings.video_hls else None,
-                    cancelled=ctx.cancelled)
+                    cancelled=ctx.cancelled, ceiling=SOFT - 60)
     files = [(r.name, r.path, "video/mp4", {"kind": "video", "width": r.width,
                                             "height": r.height, "duration": info.duration})
              for r in renditions]

@@ -799,6 +799,58 @@ def test_a_silent_hung_ffmpeg_is_killed_at_its_timeout(tmp_path):
     assert not ffmpeg_alive(fifo)
 
 
+def _clip(path: Path, seconds: int, size: str) -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30", "-t", str(seconds), "-c:v",
+           "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+def test_a_busy_ffmpeg_is_charged_and_killed_past_its_budget(tmp_path):
+    """An ffmpeg that runs (at normal priority, so it gets its share even on a busy
+    machine) is charged for its running seconds and stopped well before the ceiling."""
+    marker = tmp_path / "busy-marker"
+    argv = ["ffmpeg", "-nostdin", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+            "-c:v", "libx264", "-preset", "medium", "-f", "null", "-metadata",
+            f"title={marker}", "-"]
+    started = time.monotonic()
+
+    with pytest.raises(MediaError, match="took too long"):
+        video._run_with_progress(argv, None, None, timeout=1.0, ceiling=60)
+
+    assert time.monotonic() - started < 30  # charged: the 60 s ceiling was not what ended it
+    assert not ffmpeg_alive(marker)
+
+
+def test_a_transcode_starved_by_other_work_is_not_timed_out(tmp_path):
+    """A transcode runs at idle priority and waits while thumbnails have the CPU; that wait
+    is not counted against its budget, or a burst of photos would fail the videos queued
+    with it. Busy loops on every core starve it for 4 s, twice its budget."""
+    import threading
+
+    src = _clip(tmp_path / "clip.mp4", 4, "640x360")
+    info = video.probe(src)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in os.sched_getaffinity(0)]
+    progress: list[float] = []
+    stop = threading.Timer(4.0, lambda: [hog.kill() for hog in hogs])
+    try:
+        time.sleep(0.5)  # the hogs are running before ffmpeg starts
+        stop.start()
+        started = time.monotonic()
+        video.transcode(src, video.plan(info, tmp_path, (720,)), info, threads=1,
+                        timeout=2.0, ceiling=60, on_progress=progress.append)
+        took = time.monotonic() - started
+    finally:
+        stop.cancel()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+    assert took > 3  # it did wait for the hogs, past its 2 s budget
+    assert video.probe(tmp_path / "mp4_720p.mp4").duration == pytest.approx(4, abs=0.1)
+    assert progress  # it reported progress as it went
+
+
 def test_a_transcode_stops_soon_after_it_is_cancelled(tmp_path):
     """Deleting the asset sets the event (tasks.pipeline.Heartbeat): ffmpeg is killed at its
     next progress report instead of running to the end."""
