@@ -28,6 +28,7 @@ from media.errors import StorageUnavailable
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
+SOURCE_EXPIRES = 6 * 3600  # seconds a worker's link to an original is valid
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -39,6 +40,7 @@ class Storage(Protocol):
     def upload_file(self, key: str, path: Path, content_type: str) -> None: ...
     def download(self, key: str, path: Path) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
+    def source(self, key: str) -> Path | str: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def url(self, key: str, expires_in: int, filename: str | None = None) -> str: ...
@@ -117,6 +119,14 @@ class FileStorage:
     def open(self, key: str) -> BinaryIO:
         """A binary stream of `key`; FileNotFoundError if absent."""
         return open(self.path(key), "rb")
+
+    def source(self, key: str) -> Path:
+        """Where a reader that seeks (ffmpeg) finds `key`: the file itself. FileNotFoundError
+        if absent."""
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -313,6 +323,13 @@ class S3Storage:
         """A streaming body for `key`; FileNotFoundError if absent."""
         with _translated(key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+    def source(self, key: str) -> str:
+        """Where a reader that seeks (ffmpeg) finds `key`: a presigned GET URL, from which it
+        fetches only the byte ranges it needs. FileNotFoundError if absent."""
+        if not self.exists(key):
+            raise FileNotFoundError(key)
+        return self.url(key, SOURCE_EXPIRES)
 
     def exists(self, key: str) -> bool:
         try:

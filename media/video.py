@@ -93,13 +93,14 @@ class Rendition:
     path: Path
 
 
-def probe(src: Path) -> Probe:
-    """Run ffprobe once; MediaError unless it is a video in allowed containers and codecs.
-    Idempotent (reads only)."""
+def probe(src: Path | str) -> Probe:
+    """Run ffprobe once on a local file or a storage URL (`Storage.source`); MediaError
+    unless it is a video in allowed containers and codecs. Idempotent (reads only)."""
+    location, options = _input(src)
     args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json"]
-    args += [arg for k, v in _INPUT_OPTS.items() for arg in (f"-{k}", v)]
+    args += [arg for k, v in options.items() for arg in (f"-{k}", v)]
     try:
-        done = subprocess.run(args + [f"file:{src}"], capture_output=True,
+        done = subprocess.run(args + [location], capture_output=True,
                               timeout=PROBE_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise MediaError("The video could not be read: probing it took too long.") from exc
@@ -467,12 +468,13 @@ def _variant(rendition: Rendition, playlist: Path, media: Path, duration: float 
             f"RESOLUTION={rendition.width}x{rendition.height}\n{playlist.name}\n")
 
 
-def poster(src: Path, dst: Path, info: Probe, timeout: float = 120, box_side: int = 2048
-           ) -> Path:
+def poster(src: Path | str, dst: Path, info: Probe, timeout: float = 120,
+           box_side: int = 2048) -> Path:
     """Extract a representative frame as a PNG at display size (at most `box_side`): the
     most typical of the first keyframes from 10% in (at most 5 s), or, when no keyframe
-    follows, of a dozen frames from there, or from the very start. Idempotent (overwrites
-    `dst`)."""
+    follows, of a dozen frames from there, or from the very start. `src` is a local file
+    or a storage URL, of which ffmpeg reads only the parts it needs. Idempotent
+    (overwrites `dst`)."""
     at = min(5.0, (info.duration or 0) * 0.1)
     size = fit(info.width, info.height, (box_side, box_side))
     # Keyframes first: decoding every frame from the previous keyframe up to `at` costs up
@@ -490,12 +492,13 @@ def poster(src: Path, dst: Path, info: Probe, timeout: float = 120, box_side: in
                      "data is damaged. Re-export it and upload it again.")
 
 
-def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[int, int],
-                    keyframes_only: bool) -> list[str]:
+def _poster_command(src: Path | str, dst: Path, info: Probe, at: float,
+                    size: tuple[int, int], keyframes_only: bool) -> list[str]:
     skip = {"skip_frame": "nokey"} if keyframes_only else {}
     seek = {"ss": at} if at > 0 else {}
-    frame = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
-                         **seek, **skip, **_INPUT_OPTS)[_index(info.video, "v:0")]
+    location, options = _input(src)
+    frame = ffmpeg.input(location, f=_demuxer(info), codec_whitelist=_DECODERS,
+                         **seek, **skip, **options)[_index(info.video, "v:0")]
     picks = 3 if keyframes_only else 12
     if is_hdr(info):  # tone-mapped from all its bits first: `thumbnail` takes only 8
         frame = _tone_map(frame.filter("scale", *size), hdr_tags(info), "iec61966-2-1",
@@ -511,6 +514,23 @@ def _poster_command(src: Path, dst: Path, info: Probe, at: float, size: tuple[in
         .overwrite_output()
         .compile()
     )
+
+
+def _input(src: Path | str) -> tuple[str, dict[str, str]]:
+    """ffmpeg's input for a local file or a storage URL, and the options that allow only
+    the probed demuxers and that one protocol: a file cannot make ffmpeg fetch a URL, nor
+    a URL make it open a local file."""
+    if isinstance(src, Path):
+        return f"file:{src}", _INPUT_OPTS
+    scheme = src.split(":", 1)[0]
+    if scheme not in ("http", "https"):
+        raise ValueError(f"not a storage URL: {scheme}")
+    verify = {}
+    if scheme == "https":  # ffmpeg's default is not to verify; boto3's CA bundle, if set
+        verify = {"tls_verify": "1", **({"ca_file": os.environ["AWS_CA_BUNDLE"]}
+                                        if os.environ.get("AWS_CA_BUNDLE") else {})}
+    return src, {**_INPUT_OPTS, "protocol_whitelist": f"{scheme},tcp,tls", "reconnect": "1",
+                 **verify}
 
 
 def _demuxer(info: Probe) -> str:
@@ -690,7 +710,7 @@ def _float(value) -> float | None:
 # ffmpeg prefixes lines with "[demuxer @ 0x55d0...]" and names files by their path: neither
 # helps the person reading the job's error, and the worker's paths are nobody's business.
 _LOG_PREFIX = re.compile(r"\[[^\]]* @ 0x[0-9a-f]+\] ")
-_LOCAL_PATH = re.compile(r"(?:file:)?/[\w.+/-]+")
+_LOCAL_PATH = re.compile(r"(?:https?://\S+|(?:file:)?/[\w.+/-]+)")  # signed links too
 
 
 def _unreadable(stderr: bytes) -> str:

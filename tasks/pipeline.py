@@ -42,7 +42,8 @@ TASKS = {"metadata": "metadata.extract", "thumbnails": "thumbnails.render",
 
 @dataclass
 class Context:
-    """What a job's work function gets: the original on disk and where to put outputs."""
+    """What a job's work function gets: the original on disk (unless the job reads it from
+    storage itself) and where to put outputs."""
 
     asset_id: str
     kind: str
@@ -91,8 +92,11 @@ def enqueue(app, jobs: Iterable) -> None:
         app.send_task(TASKS[job.kind], args=[job.id])
 
 
-def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
-    """Run `work` for a job. Idempotent: outputs go to fixed keys and replace a prior run."""
+def run_job(task: Task, job_id: str, work: Callable[[Context], Result],
+            fetch: Callable[[str], bool] = lambda kind: True) -> str:
+    """Run `work` for a job. Idempotent: outputs go to fixed keys and replace a prior run.
+    The original is downloaded to `ctx.src` first if `fetch(kind)`; otherwise `work`
+    reads what it needs through `Storage.source`."""
     services: Services = task.app.services
     log_context.set({"job_id": job_id})
     with services.db.session() as session:
@@ -108,7 +112,8 @@ def run_job(task: Task, job_id: str, work: Callable[[Context], Result]) -> str:
         src, out_dir = Path(tmp) / "original", Path(tmp) / "out"
         out_dir.mkdir()
         try:
-            services.storage.download(original_key(asset_id), src)
+            if fetch(kind):
+                services.storage.download(original_key(asset_id), src)
             result = work(Context(asset_id, kind, sha256, src, out_dir, services,
                                   _progress_writer(services, job_id), cancelled))
         except Cancelled:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -256,6 +257,28 @@ def test_url_with_a_download_name(storage):
     url = storage.url("assets/f/original", 300, filename=name)
 
     assert fetch(storage, "assets/f/original", url, filename=name) == b"payload"
+
+
+def test_source_is_what_ffmpeg_reads_a_video_from(storage, tmp_path):
+    """A video's poster is made from its original where it is stored: ffprobe and ffmpeg
+    read the file, or seek through the presigned URL (the index is at the end here)."""
+    from media import video
+
+    clip = tmp_path / "clip.mp4"  # no +faststart: the index comes after the frames
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25", "-t", "3", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=60)
+    storage.upload_file("assets/v/original", clip, "video/mp4")
+
+    source = storage.source("assets/v/original")
+    info = video.probe(source)
+    poster = video.poster(source, tmp_path / "poster.png", info)
+
+    assert isinstance(source, Path if isinstance(storage, FileStorage) else str)
+    assert (info.width, info.height) == (320, 240) and info.duration == pytest.approx(3, abs=0.1)
+    assert poster.stat().st_size > 0
+    with pytest.raises(FileNotFoundError):
+        storage.source("assets/v/missing")
 
 
 def test_multipart_sized_stream_round_trips(storage, big_bytes):

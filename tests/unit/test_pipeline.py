@@ -113,3 +113,59 @@ def test_a_work_folder_is_removed_at_the_end_and_never_shared(tmp_path):
             pipeline.remove_orphaned_temp()  # both held, here in this very process
             assert one.exists() and two.exists()
         assert not any(tmp_path.iterdir())
+
+
+def _video_context(tmp_path: Path, storage) -> pipeline.Context:
+    """A thumbnails job's context for a 2 s clip stored in `storage` as asset a1."""
+    import subprocess
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25", "-t", "2", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=60)
+    storage.upload_file("assets/a1/original", clip, "video/mp4")
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    settings = SimpleNamespace(max_image_pixels=100_000_000, thumbnail_boxes=(256,),
+                               thumbnail_formats=("jpeg",), thumbnail_animated=False,
+                               thumbnail_quality=(("webp", 80), ("jpeg", 85), ("avif", 60)))
+    return pipeline.Context("a1", "video", "", work / "original", work / "out",
+                            SimpleNamespace(storage=storage, settings=settings),
+                            lambda p: None)
+
+
+def test_a_videos_thumbnails_read_its_original_from_storage_not_a_download(tmp_path):
+    """A 2 GB video's poster needs a few seconds of it: the thumbnails job asks storage where
+    the original is (ffmpeg seeks through it) instead of downloading all of it first, which
+    ran past the job's time limit. Images are still downloaded."""
+    from media.storage import FileStorage
+    from tasks import thumbnails as task
+
+    ctx = _video_context(tmp_path, FileStorage(tmp_path / "storage", "secret"))
+
+    result = task.make_thumbnails(ctx)
+
+    assert not ctx.src.exists()  # the original was never copied to the work folder
+    assert [name for name, *_ in result.files] == ["thumb_256.jpg"]
+    fetches = {kind: task.downloads_original(kind) for kind in ("image", "video")}
+    assert fetches == {"image": True, "video": False}
+
+
+def test_a_poster_that_cannot_be_read_through_its_url_comes_from_a_download(tmp_path):
+    """ffmpeg's HTTP read has no retries of its own: when it fails (storage had a hiccup),
+    the job falls back to downloading the original, which does retry, instead of calling a
+    good video damaged."""
+    from media.storage import FileStorage
+    from tasks import thumbnails as task
+
+    class DeadLinks(FileStorage):
+        def source(self, key: str) -> str:
+            super().source(key)
+            return f"http://127.0.0.1:9/{key}"  # the discard port: nothing answers
+
+    ctx = _video_context(tmp_path, DeadLinks(tmp_path / "storage", "secret"))
+
+    result = task.make_thumbnails(ctx)
+
+    assert ctx.src.exists()  # downloaded after the link failed
+    assert [name for name, *_ in result.files] == ["thumb_256.jpg"]

@@ -961,3 +961,29 @@ def test_the_video_task_work_makes_renditions_and_hls(clips, tmp_path):
         "hls.m3u8", "hls_720p.m3u8", "hls_720p.mp4", "hls_480p.m3u8", "hls_480p.mp4"}
     assert all(path.parent == out and path.stat().st_size > 0 for _, path, _, _ in result.files)
     assert seen and seen[-1] >= 0.9
+
+
+# --- reading an original from storage --------------------------------------------------------
+
+
+def test_a_storage_url_is_read_with_its_own_protocol_only():
+    """A presigned URL may make ffmpeg speak HTTP(S) and nothing else: no local files, no
+    other schemes; anything but an http(s) URL is not a storage URL at all."""
+    location, options = video._input("https://s3.example/b/original?X-Amz-Signature=abc")
+    assert location.startswith("https://")
+    assert options["protocol_whitelist"] == "https,tcp,tls" and options["tls_verify"] == "1"
+    assert options["format_whitelist"] == video._INPUT_OPTS["format_whitelist"]
+    location, options = video._input(Path("/tmp/work/original"))
+    assert (location, options["protocol_whitelist"]) == ("file:/tmp/work/original", "file")
+    for bad in ("file:///etc/passwd", "concat:a|b", "/etc/passwd"):
+        with pytest.raises(ValueError):
+            video._input(bad)
+
+
+def test_ffmpeg_words_in_the_log_carry_no_signed_link_or_local_path():
+    stderr = (b"[https @ 0x55d0] HTTP error 403 Forbidden\n"
+              b"https://s3.example/b/assets/x/original?X-Amz-Signature=deadbeef: "
+              b"Server returned 403 Forbidden\n/tmp/mediamill-1/original: Invalid data")
+    text = video._tail(stderr, 1000)
+    assert "Signature" not in text and "deadbeef" not in text and "/tmp" not in text
+    assert "403 Forbidden" in text
