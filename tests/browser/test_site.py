@@ -104,6 +104,31 @@ def test_upload_watch_browse_and_play(browser, site, corpus, tmp_path):
     assert page.errors == [] and phone.errors == [], page.errors + phone.errors
 
 
+def test_many_assets_waiting_for_workers_do_not_stall_the_page(browser, site, tmp_path):
+    """Each card follows its asset live, and a browser opens at most 6 connections to a host:
+    a stream for every waiting asset once took them all, and the seventh file's upload
+    calls never left the browser. Nine photos, no worker to finish them: all nine go up,
+    and each card shows its asset `queued`, streamed or asked for."""
+    from PIL import Image
+
+    site = site(queues=())
+    page = new_page(browser)
+    login(page, site)
+    photos = []
+    for n in range(9):
+        photos.append(tmp_path / f"photo_{n}.jpg")
+        Image.new("RGB", (64, 48), (n * 25, 80, 160)).save(photos[-1])
+
+    choose_files(page, photos)
+
+    page.wait_for_function("""() => {
+        const cards = [...document.querySelectorAll('#cards .upload-card')];
+        return cards.length === 9 && cards.every(c => c.dataset.status === 'queued'); }""",
+                           timeout=60_000)
+    assert page.inner_text("#overall-label").startswith("Uploaded")
+    assert page.errors == [], page.errors
+
+
 def test_large_file_goes_to_the_bucket_in_parts_and_resumes(browser, site, corpus, tmp_path):
     site = site(queues=("metadata", "thumbnails"))
     big = tmp_path / "big photo.jpg"

@@ -1,5 +1,6 @@
-/* Live asset status over server-sent events (GET /api/v1/assets/{id}/events).
-   The session cookie authenticates the stream; it ends by itself after a final state.
+/* Live asset status over server-sent events (GET /api/v1/assets/{id}/events), at most
+   three streams at a time. The session cookie authenticates the stream; it ends by itself
+   after a final state.
    An asset is failed as soon as one job fails, while its other jobs may still run: those
    are then followed by asking for the asset every few seconds until they end too. */
 (function () {
@@ -16,29 +17,82 @@
 
   function poll(assetId, onAsset) {
     window.setTimeout(async () => {
-      const response = await fetch('/api/v1/assets/' + encodeURIComponent(assetId), {
-        credentials: 'same-origin', headers: { Accept: 'application/json' },
-      }).catch(() => null);
-      if (response && [401, 403, 404].includes(response.status)) return;  // signed out, deleted
-      const asset = response && response.ok ? await response.json() : null;
+      const asset = await current(assetId);
+      if (asset === undefined) return;  // signed out, deleted
       if (asset) onAsset(asset);
       if (!asset || !settled(asset)) poll(assetId, onAsset);
     }, POLL_MS);
   }
 
+  /* Browsers open at most 6 connections to a host over HTTP/1.1 and an open stream holds
+     one: with a stream for every asset, a drop of many files stalled every other request of
+     the page, the next uploads included, until assets finished. So at most MAX_STREAMS
+     streams are open; any other asset is asked for every few seconds until a stream frees
+     up for it. */
+  const MAX_STREAMS = 3;
+  let streams = 0;
+  const waiting = [];
+
   function watch(assetId, onAsset) {
+    if (streams < MAX_STREAMS) {
+      stream(assetId, onAsset);
+      return;
+    }
+    const entry = { assetId, onAsset, streaming: false };
+    waiting.push(entry);
+    const ask = () => window.setTimeout(async () => {
+      if (entry.streaming) return;
+      const asset = await current(assetId);
+      if (entry.streaming) return;
+      if (asset) onAsset(asset);
+      if (asset === undefined || (asset && settled(asset))) {
+        waiting.splice(waiting.indexOf(entry), 1);
+      } else {
+        ask();
+      }
+    }, POLL_MS);
+    ask();
+  }
+
+  /* The asset; undefined when it will never answer (signed out, deleted); null on a
+     passing failure. */
+  async function current(assetId) {
+    const response = await fetch('/api/v1/assets/' + encodeURIComponent(assetId), {
+      credentials: 'same-origin', headers: { Accept: 'application/json' },
+    }).catch(() => null);
+    if (response && [401, 403, 404].includes(response.status)) return undefined;
+    return response && response.ok ? response.json() : null;
+  }
+
+  function stream(assetId, onAsset) {
+    streams += 1;
     const source = new EventSource('/api/v1/assets/' + encodeURIComponent(assetId) + '/events');
+    let open = true;
+    const release = () => {
+      if (!open) return;
+      open = false;
+      source.close();
+      streams -= 1;
+      const next = waiting.shift();
+      if (next) {
+        next.streaming = true;
+        stream(next.assetId, next.onAsset);
+      }
+    };
     const handle = (event) => {
       const asset = JSON.parse(event.data);
       onAsset(asset);
       if (FINAL.includes(asset.status)) {
-        source.close();
+        release();
         if (!settled(asset)) poll(assetId, onAsset);
       }
     };
     source.addEventListener('state', handle);
     source.addEventListener('progress', handle);
-    return source;
+    // closed for good (not a reconnect): the asset was deleted, or the session ended
+    source.addEventListener('error', () => {
+      if (source.readyState === EventSource.CLOSED) release();
+    });
   }
 
   function setBar(bar, fraction) {
