@@ -13,6 +13,7 @@
   const SIGN_BATCH = 100;
   const cards = new Map();        // Uppy file id -> card element
   const signed = new Map();       // upload id -> {expires, urls: {partNumber: url}}
+  const signing = new Map();      // upload id -> the batch of part URLs being signed
 
   /* Same rule as web/api/uploads.py part_size_for: at least 8 MiB, at most 10 000 parts. */
   const partSize = (size) => Math.max(MIN_PART, Math.ceil(size / 10000 / MiB) * MiB);
@@ -51,15 +52,29 @@
     return detail;
   }
 
+  /* A presigned URL for one part, signed SIGN_BATCH parts at a time. Uppy asks for several
+     parts at once: those wait for a batch already being signed instead of each asking for
+     a batch of their own (a 2 GB file made 11 requests for its 244 parts, not 3). */
   async function partUrl(uploadId, partNumber, partCount, signal) {
-    const cached = signed.get(uploadId);
-    if (cached && cached.urls[partNumber] && cached.expires > Date.now()) return cached.urls[partNumber];
+    for (;;) {
+      const cached = signed.get(uploadId);
+      if (cached && cached.urls[partNumber] && cached.expires > Date.now()) return cached.urls[partNumber];
+      const pending = signing.get(uploadId);
+      if (!pending) break;
+      await pending.catch(() => null);  // its own caller sees its error
+    }
     const numbers = [];
     for (let n = partNumber; n <= partCount && numbers.length < SIGN_BATCH; n += 1) numbers.push(n);
-    const answer = await api('POST', '/' + uploadId + '/parts', { part_numbers: numbers }, signal);
-    // Re-sign a minute early so a URL never expires in flight.
-    signed.set(uploadId, { urls: answer.urls, expires: Date.now() + (answer.expires_in - 60) * 1000 });
-    return answer.urls[partNumber];
+    const batch = api('POST', '/' + uploadId + '/parts', { part_numbers: numbers }, signal);
+    signing.set(uploadId, batch);
+    try {
+      const answer = await batch;
+      // Re-sign a minute early so a URL never expires in flight.
+      signed.set(uploadId, { urls: answer.urls, expires: Date.now() + (answer.expires_in - 60) * 1000 });
+      return answer.urls[partNumber];
+    } finally {
+      signing.delete(uploadId);
+    }
   }
 
   const uppy = new Uppy({ id: 'mediamill', autoProceed: true, allowMultipleUploadBatches: true });
