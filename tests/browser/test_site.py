@@ -253,3 +253,43 @@ def test_refusals_failures_and_a_second_sign_in(browser, site, corpus, tmp_path)
     assert stale.inner_text("h1") == "Not found"
     screenshot(stale, "not-found-desktop")
     assert page.errors == [], page.errors
+
+
+def test_a_file_too_big_to_keep_over_a_reload_is_picked_again_and_resumes(browser, site, corpus,
+                                                                          tmp_path):
+    """The browser keeps files of up to 512 MiB over a reload (IndexedDB); a bigger one comes
+    back as a ghost: its card asks for it again, and once it is picked again the same
+    multipart upload carries on where it stopped."""
+    site = site(queues=())
+    big = tmp_path / "long take.mp4"
+    with open(big, "wb") as fh:
+        fh.write((corpus / VIDEO).read_bytes()[:64 * 1024])
+        fh.truncate(513 * MiB)  # the rest reads as zeros
+    page = new_page(browser)
+    login(page, site)
+    puts: list[tuple[int, str, str]] = []  # (page load, method, url)
+    loads = [0]
+    page.on("request", lambda r: puts.append((loads[0], r.method, r.url)))
+    page.evaluate("""() => { window.partsDone = 0;
+        window.mediamillUppy.on('s3-multipart:part-uploaded', () => { window.partsDone++; });
+    }""")
+    choose_files(page, [big])
+    page.wait_for_function("() => window.partsDone >= 3")
+    loads[0] = 1
+    page.reload()
+
+    page.wait_for_function("""() => { const c = document.querySelector('#cards .upload-card');
+        return c && c.dataset.status === 'paused'; }""")
+    assert "pick it again" in cards(page)[0]["error"]
+    screenshot(page, "upload-ghost-desktop")
+    page.click("text=Add more")
+    choose_files(page, [big])
+    page.wait_for_function("""() => { const c = document.querySelector('#cards .upload-card');
+        return c && c.dataset.status === 'queued'; }""", timeout=180_000)
+
+    creates = [load for load, method, url in puts
+               if method == "POST" and url.endswith("/api/v1/uploads")]
+    assert creates == [0], puts  # one multipart upload, resumed after the reload
+    second = [url for load, method, url in puts if load and method == "PUT"]
+    assert 0 < len(second) < 65, len(second)  # the parts stored before were not sent again
+    assert page.errors == [], page.errors

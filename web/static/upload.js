@@ -104,6 +104,9 @@
       return { method: 'PUT', url: await partUrl(uploadId, partNumber, count, signal) };
     },
     async completeMultipartUpload(file, { uploadId, parts, signal }) {
+      // All bytes are in; the server now reads the file once to check its type and digest
+      // (about 30 s for 2 GB), so the card says so rather than sitting at 'uploading 100%'.
+      setStatus(cardFor(file), 'checking');
       const body = { parts: parts.map((p) => ({ part_number: p.PartNumber, etag: p.ETag })) };
       const asset = await api('POST', '/' + uploadId + '/complete', body, signal);
       return { location: asset.original_url, asset };
@@ -113,7 +116,8 @@
       await api('DELETE', '/' + uploadId);
     },
   });
-  uppy.use(GoldenRetriever, { indexedDB: { maxFileSize: 512 * MiB, maxTotalSize: 1024 * MiB } });
+  const GHOST_OVER = 512 * MiB;  // bigger files are not copied into the browser's storage
+  uppy.use(GoldenRetriever, { indexedDB: { maxFileSize: GHOST_OVER, maxTotalSize: 1024 * MiB } });
 
   /* ---- cards ---- */
   const list = document.getElementById('cards');
@@ -129,8 +133,13 @@
     card.querySelector('.kind-icon').classList.add((file.type || '').startsWith('video/') ? 'video' : 'image');
     card.querySelector('.bar').setAttribute('aria-label', 'Upload of ' + file.name);
     card.querySelector('.cancel').addEventListener('click', () => {
+      const current = uppy.getFile(file.id);
+      const uploadId = current && current.s3Multipart && current.s3Multipart.uploadId;
+      const paused = card.dataset.status === 'paused';
       setStatus(card, 'cancelled');
       uppy.removeFile(file.id);
+      // Uppy aborts only the uploads it is running: a paused one's parts are freed here.
+      if (paused && uploadId) api('DELETE', '/' + uploadId).catch(() => null);
     });
     list.prepend(card);
     cards.set(file.id, card);
@@ -140,7 +149,7 @@
   function setStatus(card, status) {
     card.dataset.status = status;
     mm.badge(card.querySelector('.badge'), status);
-    card.querySelector('.cancel').hidden = status !== 'uploading';
+    card.querySelector('.cancel').hidden = !['uploading', 'paused'].includes(status);
   }
 
   function setUploadProgress(card, fraction) {
@@ -182,7 +191,16 @@
     if (!mm.settled(asset)) mm.watch(asset.id, update);
   }
 
-  uppy.on('file-added', (file) => { setStatus(cardFor(file), 'uploading'); });
+  uppy.on('file-added', (file) => {
+    const card = cardFor(file);
+    const resumed = card.dataset.status === 'paused';  // a file picked again after a reload
+    setStatus(card, 'uploading');
+    if (resumed) {
+      card.querySelector('.body > .error').hidden = true;
+      // Its multipart upload carries on: listParts skips the parts storage holds.
+      window.setTimeout(() => uppy.retryUpload(file.id), 0);
+    }
+  });
   uppy.on('upload-progress', (file, progress) => {
     if (!file || !progress.bytesTotal) return;
     setUploadProgress(cardFor(file), progress.bytesUploaded / progress.bytesTotal);
@@ -223,7 +241,13 @@
       const card = cardFor(file);
       const body = file.response && file.response.body;
       if (body && body.asset) follow(card, body.asset);
-      else {
+      else if (file.isGhost) {
+        // Too big for the browser to keep over a reload (GHOST_OVER): only its name came back.
+        setStatus(card, 'paused');
+        setUploadProgress(card, file.progress && file.size ? (file.progress.bytesUploaded || 0) / file.size : 0);
+        showError(card, 'The browser keeps files over ' + fmtBytes(GHOST_OVER) + ' only while the page ' +
+          'is open: pick it again with “Add more” and it carries on where it stopped.');
+      } else {
         setStatus(card, 'uploading');
         setUploadProgress(card, file.progress && file.size ? (file.progress.bytesUploaded || 0) / file.size : 0);
       }
