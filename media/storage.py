@@ -28,7 +28,7 @@ from media.errors import StorageUnavailable
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
-SOURCE_EXPIRES = 6 * 3600  # seconds a worker's link to an original is valid
+SOURCE_EXPIRES = 600  # seconds a worker's link to an original is valid (a poster job's)
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 

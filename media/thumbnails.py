@@ -67,6 +67,13 @@ try:  # SIMD resampling: wheels for x86-64 (Linux, Windows, macOS) and Apple sil
     _SIMD_MODES = frozenset({"L", "RGB", "RGBA", "RGBa", "CMYK"})
 except ImportError:  # pragma: no cover - e.g. Linux on ARM: Pillow resamples everything
     _SIMD_MODES = frozenset()
+# The wheel reads Pillow's own image struct, whose layout may change with a major version:
+# it is used only with the versions it has been checked against here.
+_SIMD_PILLOW_MAJORS = range(11, 14)
+if _SIMD_MODES and int(Image.__version__.split(".")[0]) not in _SIMD_PILLOW_MAJORS:
+    log.warning("Pillow %s is newer than SIMD resampling was checked with: using Pillow's "
+                "own resampler", Image.__version__)  # pragma: no cover
+    _SIMD_MODES = frozenset()
 
 try:  # HEIC/HEIF from phones; optional so the rest works without the wheel
     from pillow_heif import register_heif_opener
@@ -269,7 +276,17 @@ def _is_srgb(icc: bytes) -> bool:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """Any mode as one of L, LA, RGB, RGBA, CMYK (8 bits a channel), keeping alpha."""
+    """Any mode as one of L, LA, RGB, RGBA, CMYK (8 bits a channel), keeping alpha; a
+    palette or transparency Pillow cannot apply is a MediaError."""
+    try:
+        return _convert_to_8bit(image)
+    except ValueError as exc:  # e.g. a tRNS chunk with more entries than the palette
+        log.info("converting failed: %s", exc)
+        raise MediaError("The image is corrupt (its palette or transparency does not fit its "
+                         "pixels) and cannot be decoded: export it again.") from exc
+
+
+def _convert_to_8bit(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         return image.point(lambda v: v * (1 / 256)).convert("L")
     if image.mode in ("P", "PA"):
@@ -394,8 +411,9 @@ class _PngStrips:
             palette = transparency = exif = None
             for kind, data in chunks:
                 if kind == b"IDAT":
-                    if colour == 3 and palette is None:
-                        raise OSError  # no palette: Pillow says what is wrong
+                    if colour == 3 and (palette is None or len(palette) % 3
+                                        or len(palette) > 768 or len(transparency or b"") > 256):
+                        raise OSError  # no palette, or a malformed one: decoded whole
                     # a strip starts at most 2 margins and a row above the last one's end
                     strips = cls(fh, header, data, keep=2 * _margin(scale) + 4)
                     strips._palette, strips._exif = palette, exif

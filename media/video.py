@@ -103,7 +103,12 @@ def probe(src: Path | str) -> Probe:
         done = subprocess.run(args + [location], capture_output=True,
                               timeout=PROBE_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
+        if not isinstance(src, Path):  # storage too slow to answer, most likely
+            raise SourceUnreadable("The video could not be read from storage in time.") from exc
         raise MediaError("The video could not be read: probing it took too long.") from exc
+    if done.returncode != 0 and not isinstance(src, Path) and _TRANSPORT.search(done.stderr):
+        log.info("ffprobe could not read the original from storage: %s", _tail(done.stderr))
+        raise SourceUnreadable("The video could not be read from storage.")
     if b"not on whitelist" in done.stderr:  # ffmpeg's wording for a refused demuxer
         raise MediaError("The file is not a video container we accept (playlists and scripts "
                          "that refer to other files are refused); upload MP4, MOV, WebM, MKV, "
@@ -485,7 +490,7 @@ def poster(src: Path | str, dst: Path, info: Probe, timeout: float = 120,
     for start, keyframes_only in tries:
         dst.unlink(missing_ok=True)
         _run(_poster_command(src, dst, info, start, size, keyframes_only), timeout,
-             "made into a poster frame")
+             "made into a poster frame", remote=not isinstance(src, Path))
         if dst.exists() and dst.stat().st_size > 0:
             return dst
     raise MediaError("No frame could be decoded from the video for its poster: the video "
@@ -529,8 +534,9 @@ def _input(src: Path | str) -> tuple[str, dict[str, str]]:
     if scheme == "https":  # ffmpeg's default is not to verify; boto3's CA bundle, if set
         verify = {"tls_verify": "1", **({"ca_file": os.environ["AWS_CA_BUNDLE"]}
                                         if os.environ.get("AWS_CA_BUNDLE") else {})}
+    # rw_timeout (microseconds): a stalled connection fails in 15 s, as a read error
     return src, {**_INPUT_OPTS, "protocol_whitelist": f"{scheme},tcp,tls", "reconnect": "1",
-                 **verify}
+                 "rw_timeout": "15000000", **verify}
 
 
 def _demuxer(info: Probe) -> str:
@@ -542,15 +548,16 @@ def _demuxer(info: Probe) -> str:
     return names[0]
 
 
-def _run(argv: list[str], timeout: float | None, what: str) -> None:
-    _run_with_progress(argv, None, None, timeout, what=what)
+def _run(argv: list[str], timeout: float | None, what: str, remote: bool = False) -> None:
+    """Run ffmpeg; `remote`: its input is a storage URL (see SourceUnreadable)."""
+    _run_with_progress(argv, None, None, timeout, what=what, remote=remote)
 
 
 def _run_with_progress(argv: list[str], duration: float | None,
                        on_progress: Callable[[float], None] | None,
                        timeout: float | None, background: bool = False,
                        what: str = "converted", cancelled: threading.Event | None = None,
-                       ceiling: float | None = None) -> None:
+                       ceiling: float | None = None, remote: bool = False) -> None:
     """Run ffmpeg, feeding `-progress` lines to `on_progress`; a watchdog (`_watch`) kills
     it at `timeout` even if it prints nothing, any way out of here kills it, and so does
     the death of this process (a hard time limit or a cold worker shutdown). A
@@ -581,10 +588,17 @@ def _run_with_progress(argv: list[str], duration: float | None,
         finally:
             done.set()
         if expired.is_set():
+            if remote:  # reading from storage, most likely, was what took so long
+                raise SourceUnreadable(f"The video could not be {what}: reading it from "
+                                       "storage took too long.")
             raise MediaError("The video took too long to process and was stopped.")
         if proc.returncode != 0:
             errors.seek(0)
-            log.info("ffmpeg failed: %s", _tail(errors.read(), 2000))  # for whoever debugs
+            words = errors.read()
+            log.info("ffmpeg failed: %s", _tail(words, 2000))  # for whoever debugs
+            if remote and _TRANSPORT.search(words):
+                raise SourceUnreadable(f"The video could not be {what}: it could not be "
+                                       "read from storage.")
             raise MediaError(f"The video could not be {what}: its data is damaged or in a "
                              "form ffmpeg cannot decode. Re-export it (an H.264 MP4 will do) "
                              "and upload it again.")
@@ -632,19 +646,20 @@ def _in_background() -> None:
 def _watch(proc: subprocess.Popen, budget: float, ceiling: float, expired: threading.Event,
            done: threading.Event) -> None:
     """Until `done`: kill ffmpeg and set `expired` once it has used up `budget` seconds, or
-    once `ceiling` seconds have passed whatever it got. A second is charged in the
-    proportion its threads ran rather than waited for a CPU: a transcode starved by other
-    work (to which it yields) is not charged, one alone on its machine almost fully (its
-    own threads queue for the cores a little), and a hung one, which neither runs nor
-    waits, fully."""
+    once `ceiling` seconds have passed whatever it got. Each second is charged by
+    `_charged`: a transcode starved by other work (to which it yields) is not charged for
+    it, while one that has the machine, or has hung, is."""
     started = last_look = time.monotonic()
     charged, last = 0.0, _sched_times(proc.pid)
+    try:
+        cpus = len(os.sched_getaffinity(proc.pid))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
     while not done.wait(WATCH_INTERVAL):
         now, times = time.monotonic(), _sched_times(proc.pid)
         share = 1.0
         if times is not None and last is not None:
-            ran, waited = max(0.0, times[0] - last[0]), max(0.0, times[1] - last[1])
-            share = ran / (ran + waited) if ran + waited > 0.01 else 1.0
+            share = _charged(times[0] - last[0], times[1] - last[1], now - last_look, cpus)
         charged += share * (now - last_look)
         last_look, last = now, times
         if charged >= budget or now - started >= ceiling:
@@ -654,6 +669,19 @@ def _watch(proc: subprocess.Popen, budget: float, ceiling: float, expired: threa
 
 
 WATCH_INTERVAL = 1.0  # seconds between the watchdog's looks at ffmpeg
+
+
+def _charged(ran: float, waited: float, elapsed: float, cpus: int) -> float:
+    """The share of `elapsed` seconds charged to an ffmpeg whose threads together ran `ran`
+    seconds and waited, runnable, `waited` seconds for a CPU, on `cpus` CPUs. Fully
+    charged when it ran more than it waited, or used every CPU it may (its own threads
+    queueing behind each other is not starvation: a ladder of three x264 encoders has
+    several threads for each core, which wait more than they run); not charged when it only
+    waited (starved by other work); a hung ffmpeg, which neither runs nor waits, in full."""
+    ran, waited = max(0.0, ran), max(0.0, waited)
+    if ran + waited <= 0.01 * elapsed:
+        return 1.0
+    return min(1.0, max(ran / (ran + waited), ran / (elapsed * cpus)))
 
 
 def _sched_times(pid: int) -> tuple[float, float] | None:
@@ -711,6 +739,17 @@ def _float(value) -> float | None:
 # helps the person reading the job's error, and the worker's paths are nobody's business.
 _LOG_PREFIX = re.compile(r"\[[^\]]* @ 0x[0-9a-f]+\] ")
 _LOCAL_PATH = re.compile(r"(?:https?://\S+|(?:file:)?/[\w.+/-]+)")  # signed links too
+
+
+class SourceUnreadable(MediaError):
+    """ffmpeg could not read the original through its storage URL, or not in time (a
+    network or storage fault, not a verdict on the file): worth trying again later."""
+
+
+# ffmpeg's words for a failed read over the network, as opposed to undecodable data
+_TRANSPORT = re.compile(rb"HTTP error|Server returned|Connection (?:refused|reset|timed out)|"
+                        rb"timed out|Network is unreachable|Failed to resolve|"
+                        rb"Input/output error|error:[0-9A-F]+:SSL|TLS|tls", re.IGNORECASE)
 
 
 def _unreadable(stderr: bytes) -> str:

@@ -8,7 +8,7 @@ from celery import shared_task
 from config.celery import TIME_LIMITS
 from config.settings import Settings
 from media import thumbnails, video
-from media.errors import MediaError
+from media.errors import StorageUnavailable
 from media.records import original_key
 from tasks.pipeline import Context, JobTask, Result, run_job
 
@@ -43,19 +43,24 @@ def make_thumbnails(ctx: Context) -> Result:
 
 def _poster(ctx: Context) -> Path:
     """A video's poster, made beside the original (not among the outputs) from the original
-    where storage keeps it. If ffmpeg cannot read it through a URL, from a downloaded copy:
-    a storage hiccup then ends in the download's retries (or the job's), and a damaged
-    file in the same readable error as ever."""
+    where storage keeps it, of which ffmpeg reads only what it needs. If storage cannot
+    serve those reads in time (down, or busy serving the same 2 GB to the other jobs),
+    the job is tried again later (StorageUnavailable), as for any storage fault; a damaged
+    file fails at once with its reason."""
     key, dst = original_key(ctx.asset_id), ctx.src.with_name("poster.png")
     source = ctx.services.storage.source(key)
+    # Reads over the network get a share of the task's limit, so that a slow store ends in
+    # a retry before the soft limit ends the job for good.
+    timeout = SOFT - 30 if isinstance(source, Path) else REMOTE_POSTER_SECONDS
     try:
-        return video.poster(source, dst, video.probe(source), timeout=SOFT - 30)
-    except MediaError:
-        if isinstance(source, Path):  # the file itself: the verdict stands
-            raise
-        log.info("poster of %s from storage failed; trying a downloaded copy", ctx.asset_id)
-    ctx.services.storage.download(key, ctx.src)
-    return video.poster(ctx.src, dst, video.probe(ctx.src), timeout=SOFT - 30)
+        return video.poster(source, dst, video.probe(source), timeout=timeout)
+    except video.SourceUnreadable as exc:
+        log.info("poster of %s: %s; trying again later", ctx.asset_id, exc)
+        raise StorageUnavailable(f"the original could not be read from storage: {exc}") \
+            from exc
+
+
+REMOTE_POSTER_SECONDS = 60  # with ffprobe's 30 s, under the task's 120 s soft limit
 
 
 def _options(settings: Settings) -> thumbnails.Options:

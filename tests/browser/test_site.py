@@ -293,3 +293,32 @@ def test_a_file_too_big_to_keep_over_a_reload_is_picked_again_and_resumes(browse
     second = [url for load, method, url in puts if load and method == "PUT"]
     assert 0 < len(second) < 65, len(second)  # the parts stored before were not sent again
     assert page.errors == [], page.errors
+
+
+def test_cancelling_a_paused_upload_frees_its_parts(browser, site, corpus, tmp_path):
+    """A ghost's multipart upload is not running in Uppy, which aborts only running ones:
+    its card's Cancel aborts it on the server (DELETE), so its parts do not wait for the
+    daily sweep."""
+    site = site(queues=())
+    big = tmp_path / "long take.mp4"
+    with open(big, "wb") as fh:
+        fh.write((corpus / VIDEO).read_bytes()[:64 * 1024])
+        fh.truncate(513 * MiB)
+    page = new_page(browser)
+    login(page, site)
+    page.evaluate("""() => { window.partsDone = 0;
+        window.mediamillUppy.on('s3-multipart:part-uploaded', () => { window.partsDone++; });
+    }""")
+    choose_files(page, [big])
+    page.wait_for_function("() => window.partsDone >= 2")
+    page.reload()
+    page.wait_for_function("""() => { const c = document.querySelector('#cards .upload-card');
+        return c && c.dataset.status === 'paused'; }""")
+
+    with page.expect_request(lambda r: r.method == "DELETE" and "/api/v1/uploads/" in r.url) \
+            as deleted:
+        page.click("#cards .upload-card .cancel")
+
+    assert deleted.value.response().status == 204
+    assert cards(page)[0]["status"] == "cancelled"
+    assert page.errors == [], page.errors

@@ -151,10 +151,11 @@ def test_a_videos_thumbnails_read_its_original_from_storage_not_a_download(tmp_p
     assert fetches == {"image": True, "video": False}
 
 
-def test_a_poster_that_cannot_be_read_through_its_url_comes_from_a_download(tmp_path):
-    """ffmpeg's HTTP read has no retries of its own: when it fails (storage had a hiccup),
-    the job falls back to downloading the original, which does retry, instead of calling a
-    good video damaged."""
+def test_a_poster_whose_url_cannot_be_read_is_tried_again_later(tmp_path):
+    """ffmpeg's read of the original through its URL failed (storage down, or too busy to
+    answer in time): that is a storage fault, retried with backoff like any other, not a
+    verdict on the video, and not a reason to download all of it."""
+    from media.errors import StorageUnavailable, TransientError
     from media.storage import FileStorage
     from tasks import thumbnails as task
 
@@ -165,7 +166,44 @@ def test_a_poster_that_cannot_be_read_through_its_url_comes_from_a_download(tmp_
 
     ctx = _video_context(tmp_path, DeadLinks(tmp_path / "storage", "secret"))
 
-    result = task.make_thumbnails(ctx)
+    with pytest.raises(StorageUnavailable) as caught:
+        task.make_thumbnails(ctx)
 
-    assert ctx.src.exists()  # downloaded after the link failed
-    assert [name for name, *_ in result.files] == ["thumb_256.jpg"]
+    assert isinstance(caught.value, TransientError)  # JobTask retries these
+    assert TransientError in task.render.autoretry_for
+    assert not ctx.src.exists()  # nothing downloaded
+
+
+def test_a_damaged_video_read_through_its_url_fails_at_once_without_a_download(tmp_path):
+    """Only a failed read falls back to a download: a verdict on the file (here, bytes that
+    are no video) stands, readable, without fetching all of a possibly huge file."""
+    import functools
+    import http.server
+    import threading
+
+    from media.errors import MediaError
+    from media.storage import FileStorage
+    from tasks import thumbnails as task
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "original").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 400)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Served(FileStorage):
+        def source(self, key: str) -> str:
+            return f"http://127.0.0.1:{server.server_address[1]}/original"
+
+    storage = Served(tmp_path / "storage", "secret")
+    ctx = _video_context(tmp_path, storage)
+    try:
+        with pytest.raises(MediaError) as caught:
+            task.make_thumbnails(ctx)
+    finally:
+        server.shutdown()
+
+    assert not isinstance(caught.value, task.video.SourceUnreadable)
+    assert "could not be read" in str(caught.value) and "storage" not in str(caught.value)
+    assert not ctx.src.exists()  # no download of the original

@@ -517,6 +517,8 @@ def test_banded_resize_matches_one_resize_of_the_whole_image(tmp_path, monkeypat
     machine with no wheel for it), all take Pillow's."""
     if not simd:
         monkeypatch.setattr(thumbnails, "_SIMD_MODES", frozenset())
+    elif not thumbnails._SIMD_MODES:
+        pytest.skip("cykooz-resizer (SIMD resampling) has no wheel for this machine")
     path = _big_png(tmp_path, kind)
     with Image.open(path) as image:
         image = image.convert(kind)
@@ -696,3 +698,26 @@ def test_an_image_with_a_metadata_bomb_is_refused_with_that_reason(tmp_path):
 
     with pytest.raises(MediaError, match="oversized metadata chunk"):
         thumbnails.render(path, tmp_path)
+
+
+@pytest.mark.parametrize("width", [600, 3000], ids=["whole", "streamed"])
+@pytest.mark.parametrize("plte, trns", [(bytes(801), None), (bytes(768), bytes(300))],
+                         ids=["palette-not-rgb-triples", "more-alphas-than-colours"])
+def test_a_png_with_a_malformed_palette_fails_cleanly(tmp_path, width, plte, trns):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    height = width * 2 // 3
+    rows = b"".join(b"\0" + bytes(i % 200 for i in range(width)) for _ in range(height))
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 3, 0, 0, 0])
+    source = tmp_path / "palette.png"
+    source.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", plte)
+                       + (chunk(b"tRNS", trns) if trns else b"")
+                       + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "corrupt" in str(caught.value) and not EXCEPTION_NAME.search(str(caught.value))

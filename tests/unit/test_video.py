@@ -821,6 +821,16 @@ def test_a_busy_ffmpeg_is_charged_and_killed_past_its_budget(tmp_path):
     assert not ffmpeg_alive(marker)
 
 
+def test_the_watchdog_charges_running_and_hung_seconds_not_starved_ones():
+    charged = video._charged
+    assert charged(ran=10.0, waited=0.5, elapsed=5.0, cpus=2) == 1.0  # has the machine
+    # many threads queueing for the cores among themselves: it still has all of them
+    assert charged(ran=10.0, waited=40.0, elapsed=5.0, cpus=2) == 1.0
+    assert charged(ran=0.0, waited=0.0, elapsed=5.0, cpus=2) == 1.0  # hung: neither
+    assert charged(ran=0.02, waited=9.0, elapsed=5.0, cpus=2) < 0.01  # starved
+    assert charged(ran=2.5, waited=7.5, elapsed=5.0, cpus=2) == pytest.approx(0.25)  # a share
+
+
 def test_a_transcode_starved_by_other_work_is_not_timed_out(tmp_path):
     """A transcode runs at idle priority and waits while thumbnails have the CPU; that wait
     is not counted against its budget, or a burst of photos would fail the videos queued
@@ -972,6 +982,7 @@ def test_a_storage_url_is_read_with_its_own_protocol_only():
     location, options = video._input("https://s3.example/b/original?X-Amz-Signature=abc")
     assert location.startswith("https://")
     assert options["protocol_whitelist"] == "https,tcp,tls" and options["tls_verify"] == "1"
+    assert options["rw_timeout"] == "15000000"  # a stalled read fails in 15 s
     assert options["format_whitelist"] == video._INPUT_OPTS["format_whitelist"]
     location, options = video._input(Path("/tmp/work/original"))
     assert (location, options["protocol_whitelist"]) == ("file:/tmp/work/original", "file")

@@ -89,9 +89,12 @@
     };
     source.addEventListener('state', handle);
     source.addEventListener('progress', handle);
-    // closed for good (not a reconnect): the asset was deleted, or the session ended
+    // Closed for good, not reconnecting: the asset was deleted or the session ended (asking
+    // says so and stops), or a proxy answered 5xx (asking carries on until it settles).
     source.addEventListener('error', () => {
-      if (source.readyState === EventSource.CLOSED) release();
+      if (source.readyState !== EventSource.CLOSED || !open) return;
+      release();
+      poll(assetId, onAsset);
     });
   }
 

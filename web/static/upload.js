@@ -132,15 +132,7 @@
     card.querySelector('.size').textContent = fmtBytes(file.size || 0);
     card.querySelector('.kind-icon').classList.add((file.type || '').startsWith('video/') ? 'video' : 'image');
     card.querySelector('.bar').setAttribute('aria-label', 'Upload of ' + file.name);
-    card.querySelector('.cancel').addEventListener('click', () => {
-      const current = uppy.getFile(file.id);
-      const uploadId = current && current.s3Multipart && current.s3Multipart.uploadId;
-      const paused = card.dataset.status === 'paused';
-      setStatus(card, 'cancelled');
-      uppy.removeFile(file.id);
-      // Uppy aborts only the uploads it is running: a paused one's parts are freed here.
-      if (paused && uploadId) api('DELETE', '/' + uploadId).catch(() => null);
-    });
+    card.querySelector('.cancel').addEventListener('click', () => uppy.removeFile(file.id));
     list.prepend(card);
     cards.set(file.id, card);
     return card;
@@ -195,8 +187,8 @@
     const card = cardFor(file);
     const resumed = card.dataset.status === 'paused';  // a file picked again after a reload
     setStatus(card, 'uploading');
+    card.querySelector('.body > .error').hidden = true;  // what it said before no longer holds
     if (resumed) {
-      card.querySelector('.body > .error').hidden = true;
       // Its multipart upload carries on: listParts skips the parts storage holds.
       window.setTimeout(() => uppy.retryUpload(file.id), 0);
     }
@@ -229,9 +221,15 @@
       }, 0);
     }
   });
-  uppy.on('file-removed', (file) => {
+  uppy.on('file-removed', (file) => {  // by the card's Cancel or the Dashboard's own button
     const card = cards.get(file.id);
-    if (card && card.dataset.status === 'uploading') setStatus(card, 'cancelled');
+    if (!card || !['uploading', 'paused', 'checking'].includes(card.dataset.status)) return;
+    const paused = card.dataset.status === 'paused';
+    setStatus(card, 'cancelled');
+    card.querySelector('.body > .error').hidden = true;
+    // Uppy aborts only the uploads it is running: a paused one's parts are freed here.
+    const uploadId = file.s3Multipart && file.s3Multipart.uploadId;
+    if (paused && uploadId) api('DELETE', '/' + uploadId).catch(() => null);
   });
   uppy.on('restored', () => {
     // Golden Retriever brought back files and their multipart state from before a reload:
@@ -242,11 +240,12 @@
       const body = file.response && file.response.body;
       if (body && body.asset) follow(card, body.asset);
       else if (file.isGhost) {
-        // Too big for the browser to keep over a reload (GHOST_OVER): only its name came back.
+        // Too big for the browser to keep over a reload (over GHOST_OVER, or past the total
+        // it keeps): only its name and upload came back.
         setStatus(card, 'paused');
         setUploadProgress(card, file.progress && file.size ? (file.progress.bytesUploaded || 0) / file.size : 0);
-        showError(card, 'The browser keeps files over ' + fmtBytes(GHOST_OVER) + ' only while the page ' +
-          'is open: pick it again with “Add more” and it carries on where it stopped.');
+        showError(card, 'The browser could not keep this file over the reload: pick it again ' +
+          'with “Add more” and it carries on where it stopped.');
       } else {
         setStatus(card, 'uploading');
         setUploadProgress(card, file.progress && file.size ? (file.progress.bytesUploaded || 0) / file.size : 0);
