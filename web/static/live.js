@@ -15,12 +15,16 @@
       Object.values(asset.jobs || {}).every((job) => FINAL.includes(job.status));
   }
 
-  function poll(assetId, onAsset) {
+  /* Ask for the asset every POLL_MS until it is settled or gone, or `stop()` says so; then
+     `done()`. */
+  function poll(assetId, onAsset, stop = () => false, done = () => {}) {
     window.setTimeout(async () => {
+      if (stop()) return;
       const asset = await current(assetId);
-      if (asset === undefined) return;  // signed out, deleted
+      if (stop()) return;
       if (asset) onAsset(asset);
-      if (!asset || !settled(asset)) poll(assetId, onAsset);
+      if (asset === undefined || (asset && settled(asset))) done();  // gone, or final
+      else poll(assetId, onAsset, stop, done);
     }, POLL_MS);
   }
 
@@ -40,18 +44,8 @@
     }
     const entry = { assetId, onAsset, streaming: false };
     waiting.push(entry);
-    const ask = () => window.setTimeout(async () => {
-      if (entry.streaming) return;
-      const asset = await current(assetId);
-      if (entry.streaming) return;
-      if (asset) onAsset(asset);
-      if (asset === undefined || (asset && settled(asset))) {
-        waiting.splice(waiting.indexOf(entry), 1);
-      } else {
-        ask();
-      }
-    }, POLL_MS);
-    ask();
+    poll(assetId, onAsset, () => entry.streaming,
+      () => waiting.splice(waiting.indexOf(entry), 1));
   }
 
   /* The asset; undefined when it will never answer (signed out, deleted); null on a
