@@ -97,16 +97,17 @@ def probe(src: Path | str) -> Probe:
     """Run ffprobe once on a local file or a storage URL (`Storage.source`); MediaError
     unless it is a video in allowed containers and codecs. Idempotent (reads only)."""
     location, options = _input(src)
+    remote = not isinstance(src, Path)
     args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json"]
     args += [arg for k, v in options.items() for arg in (f"-{k}", v)]
     try:
         done = subprocess.run(args + [location], capture_output=True,
                               timeout=PROBE_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
-        if not isinstance(src, Path):  # storage too slow to answer, most likely
+        if remote:  # storage too slow to answer, most likely
             raise SourceUnreadable("The video could not be read from storage in time.") from exc
         raise MediaError("The video could not be read: probing it took too long.") from exc
-    if done.returncode != 0 and not isinstance(src, Path) and _TRANSPORT.search(done.stderr):
+    if done.returncode != 0 and remote and _TRANSPORT.search(done.stderr):
         log.info("ffprobe could not read the original from storage: %s", _tail(done.stderr))
         raise SourceUnreadable("The video could not be read from storage.")
     if b"not on whitelist" in done.stderr:  # ffmpeg's wording for a refused demuxer
@@ -290,8 +291,9 @@ def transcode(src: Path, renditions: Sequence[Rendition], info: Probe,
     ffmpeg is stopped (Cancelled) soon after `cancelled` is set. Idempotent (overwrites).
     ffmpeg runs in the background (see `_run_with_progress`): `timeout` counts the time it
     was not starved of CPU by other work, `ceiling` (if larger) all of it."""
-    stream = ffmpeg.input(f"file:{src}", f=_demuxer(info), codec_whitelist=_DECODERS,
-                          threads=threads, **_INPUT_OPTS)
+    location, options = _input(src)
+    stream = ffmpeg.input(location, f=_demuxer(info), codec_whitelist=_DECODERS,
+                          threads=threads, **options)
     picture = _frame_rate_capped(stream[_index(info.video, "v:0")], info)
     if is_hdr(info):  # once, at the largest rendition's size, before the renditions split
         largest = max(renditions, key=lambda r: r.width * r.height)
