@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import mmap
 import os
 import re
 import struct
@@ -160,10 +161,16 @@ def decode(image: Image.Image, box: int) -> Image.Image:
 
 
 def _shrink_whole(image: Image.Image, box: int, icc: bytes | None) -> Image.Image:
-    """Decode all of `image` (JPEG: at the smallest DCT scale that still fills `box`), then
-    resize it to fit `box` and convert it to sRGB."""
+    """Decode `image` (JPEG: at the smallest DCT scale that still fills `box`), resize it to
+    fit `box` and convert it to sRGB. An RGB JPEG that needs shrinking is resized as its rows
+    come out of the decoder; anything else is decoded whole first."""
     if image.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs, frame 0
         image.draft(image.mode, fit(image.size, box))
+        if fit(image.size, box) != image.size:
+            rows = _JpegRows.open(image)
+            if rows is not None:
+                with rows:
+                    return _shrink_in_bands(rows.rows, image.size, fit(image.size, box), icc)
     pixels = _to_8bit(_load(image))
     size = fit(pixels.size, box)
     if size == pixels.size:
@@ -492,8 +499,7 @@ class _PngStrips:
             strip = Image.frombytes(self._mode, (self._width, height), data, "zip", self._mode)
         except ValueError as exc:  # a filter type that does not exist, say
             log.info("decoding failed: %s", exc)
-            raise MediaError("The image is truncated or corrupt and cannot be decoded: "
-                             "export or upload the complete file again.") from exc
+            raise MediaError(_CORRUPT) from exc
         if self._palette is not None:
             strip.putpalette(self._palette)
         if self._transparency is not None:
@@ -501,6 +507,93 @@ class _PngStrips:
         return strip
 
 
+class _JpegRows:
+    """The rows of an RGB JPEG, decoded by Pillow's own JPEG decoder into memory that is
+    given back to the system a band at a time, so the whole image never sits in memory
+    (12 MP is 48 MB in Pillow, which keeps RGB at 4 bytes a pixel; this holds about 4 MB).
+
+    The decoder is fed the file a block at a time, and libjpeg suspends when a block runs
+    out, so it is never far ahead of the rows asked for. Its target is an image mapped onto
+    fresh anonymous memory: a row whose pixels have not been written yet reads as zeros,
+    and a written one has 255 in each pixel's fourth byte, which is how the rows already
+    decoded are told apart. Rows above the current band are handed back with
+    madvise(MADV_DONTNEED). Output is bit for bit that of a whole decode (tested)."""
+
+    def __init__(self, image: Image.Image, target: Image.Image, memory: mmap.mmap,
+                 decoder: object):
+        self._fh, self._memory, self._target, self._decoder = image.fp, memory, target, decoder
+        self._stride = image.width * 4
+        self._pending, self._done, self._released = b"", False, 0
+
+    @classmethod
+    def open(cls, image: Image.Image) -> _JpegRows | None:
+        """Rows of `image`, an RGB JPEG opened from a file, at its draft size; None for
+        anything else (CMYK, greyscale, small, already loaded), which is decoded whole."""
+        if (not _JPEG_ROWS or image.mode != "RGB" or len(image.tile) != 1
+                or image.tile[0][0] != "jpeg" or image.fp is None
+                or image.width * image.height * 4 < _JPEG_ROWS_FROM):
+            return None
+        (_, extents, offset, args), (width, height) = image.tile[0], image.size
+        # private: a shared mapping keeps the pages it is told it does not need
+        memory = mmap.mmap(-1, width * height * 4, flags=mmap.MAP_PRIVATE)
+        try:  # Pillow's own building blocks, as ImageFile.load and Image.frombuffer use them
+            core = Image.core.map_buffer(memory, image.size, "raw", 0, ("RGB", 0, 1))
+            target = Image.new("RGB", (0, 0))._new(core)
+            decoder = Image._getdecoder(image.mode, "jpeg", args, image.decoderconfig)
+            decoder.setimage(target.im, extents)
+            image.fp.seek(offset)
+        except (AttributeError, TypeError, ValueError, OSError) as exc:  # pragma: no cover
+            log.warning("decoding JPEG rows as they come is not possible here (%s): "
+                        "decoding whole", exc)
+            return None
+        return cls(image, target, memory, decoder)
+
+    def __enter__(self) -> _JpegRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._decoder.cleanup()  # frees libjpeg's state, also after an error
+        self._target = None
+        try:
+            self._memory.close()
+        except BufferError:  # pragma: no cover - the image still maps it: left to GC
+            pass
+
+    def rows(self, lo: int, hi: int) -> tuple[Image.Image, int]:
+        """An image holding source rows lo..hi-1, and 0: the row its first row is. Rows
+        before `lo` are given back, so each call must start at or after the last one's."""
+        self._decode_to(hi - 1)
+        released = lo * self._stride // mmap.PAGESIZE * mmap.PAGESIZE
+        if released > self._released and hasattr(self._memory, "madvise"):
+            self._memory.madvise(mmap.MADV_DONTNEED, self._released,
+                                 released - self._released)
+            self._released = released
+        return self._target, 0
+
+    def _decode_to(self, row: int) -> None:
+        while not self._done and self._memory[row * self._stride + 3] != 255:
+            data = self._fh.read(_JPEG_BLOCK)
+            if not data:
+                raise MediaError(_CORRUPT)
+            self._pending += data
+            consumed, error = self._decoder.decode(self._pending)
+            if consumed < 0:  # the decoder has finished, or failed
+                if error < 0:
+                    log.info("decoding failed: error %d", error)
+                    raise MediaError(_CORRUPT)
+                self._done = True
+            self._pending = self._pending[max(consumed, 0):]
+
+
+# The building blocks _JpegRows takes from Pillow are internal: used with the versions they
+# have been checked against here, and where memory can be handed back.
+_JPEG_ROWS = (int(Image.__version__.split(".")[0]) in range(11, 14)
+              and hasattr(mmap, "MADV_DONTNEED"))
+# Below this (bytes decoded), memory that is mapped and handed back costs more than it saves
+_JPEG_ROWS_FROM = 8 * 2**20
+_JPEG_BLOCK = 32 * 1024  # a few dozen rows of a photo: how far the decoder may run ahead
+_CORRUPT = ("The image is truncated or corrupt and cannot be decoded: export or upload the "
+            "complete file again.")
 _MAX_STRIP_BYTES = 16 * 2**20  # a 12 MP photo's strips are about 4 MB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> bytes a pixel at 8 bits
@@ -555,8 +648,7 @@ def _load(image: Image.Image) -> Image.Image:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         log.info("decoding failed: %s", exc)  # the decoder's words, for whoever debugs it
-        raise MediaError("The image is truncated or corrupt and cannot be decoded: export or "
-                         "upload the complete file again.") from exc
+        raise MediaError(_CORRUPT) from exc
     return image
 
 

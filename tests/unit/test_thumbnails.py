@@ -721,3 +721,108 @@ def test_a_png_with_a_malformed_palette_fails_cleanly(tmp_path, width, plte, trn
         thumbnails.render(source, tmp_path / "out")
 
     assert "corrupt" in str(caught.value) and not EXCEPTION_NAME.search(str(caught.value))
+
+
+# --- RGB JPEGs, resized as the decoder makes their rows ---------------------------------
+
+
+def _jpeg(tmp_path: Path, kind: str) -> Path:
+    """A camera JPEG (3264x2448) as it is or as another kind of JPEG people upload."""
+    source = CORPUS / "camera/jolla.jpg"
+    if kind == "camera":
+        return source
+    path = tmp_path / f"{kind}.jpg"
+    with Image.open(source) as photo:
+        photo.load()
+    if kind == "progressive":
+        photo.save(path, "JPEG", quality=90, progressive=True)
+    elif kind == "dct-scaled":  # big enough that a 1/2 DCT scale still fills 2048 px
+        photo.resize((4900, 3675)).save(path, "JPEG", quality=90)
+    elif kind == "mpo":
+        photo.save(path, "MPO", save_all=True, append_images=[photo.resize((640, 480))])
+    elif kind == "restart-markers-4:4:4":
+        photo.save(path, "JPEG", quality=95, subsampling=0, restart_marker_rows=1)
+    elif kind == "damaged-middle":  # libjpeg warns and fills in: both paths alike
+        data = bytearray(source.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 2000] = bytes(range(200)) * 10
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "pillow"])
+@pytest.mark.parametrize("kind", ["camera", "progressive", "dct-scaled", "mpo",
+                                  "restart-markers-4:4:4", "damaged-middle"])
+def test_jpeg_resized_as_its_rows_are_decoded_matches_a_whole_decode(tmp_path, monkeypatch,
+                                                                    kind, simd):
+    """Bit for bit what decoding the whole image first gives, and the rows above each band
+    are handed back to the system as it goes (they read as zeros again)."""
+    if not simd:
+        monkeypatch.setattr(thumbnails, "_SIMD_MODES", frozenset())
+    elif not thumbnails._SIMD_MODES:
+        pytest.skip("cykooz-resizer (SIMD resampling) has no wheel for this machine")
+    path = _jpeg(tmp_path, kind)
+    handed_back = []
+    rows = thumbnails._JpegRows.rows
+
+    def spy(self, lo, hi):
+        got = rows(self, lo, hi)
+        first = self._memory[:self._stride]  # decoded long ago: 255 in every 4th byte
+        handed_back.append((lo, first == bytes(self._stride)))
+        return got
+
+    monkeypatch.setattr(thumbnails._JpegRows, "rows", spy)
+    with thumbnails.open_image(path) as image:
+        banded = thumbnails._shrink_whole(image, 2048, image.info.get("icc_profile"))
+    monkeypatch.setattr(thumbnails, "_JPEG_ROWS", False)
+    with thumbnails.open_image(path) as image:
+        whole = thumbnails._shrink_whole(image, 2048, image.info.get("icc_profile"))
+
+    assert banded.size == whole.size == (2048, 1536) and banded.mode == whole.mode == "RGB"
+    assert banded.tobytes() == whole.tobytes()
+    assert len(handed_back) >= 12  # 1536 rows in bands of 128
+    assert handed_back[0] == (0, False)  # the first band: nothing handed back yet
+    assert all(gone for lo, gone in handed_back if lo > 0)
+
+
+def test_jpeg_with_a_colour_profile_is_converted_band_by_band(tmp_path, monkeypatch):
+    source = tmp_path / "p3.jpg"
+    with Image.open(CORPUS / "camera/iphone_13_pro_max.HEIC") as phone:  # Display P3
+        phone.save(source, "JPEG", quality=90, icc_profile=phone.info["icc_profile"])
+    opened = []
+    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
+                        lambda self: opened.append(self) or self)
+    banded = thumbnails.render(source, tmp_path, options=thumbnails.Options(
+        boxes=(1024,), formats=("png",)))
+    monkeypatch.setattr(thumbnails, "_JPEG_ROWS", False)
+    (tmp_path / "whole").mkdir()
+    whole = thumbnails.render(source, tmp_path / "whole", options=thumbnails.Options(
+        boxes=(1024,), formats=("png",)))
+
+    assert len(opened) == 1
+    with Image.open(banded[0].path) as a, Image.open(whole[0].path) as b:
+        assert a.size == b.size == (768, 1024) and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.999])
+def test_truncated_big_jpeg_fails_cleanly(tmp_path, cut):
+    data = (CORPUS / "camera/jolla.jpg").read_bytes()
+    source = tmp_path / "cut.jpg"
+    source.write_bytes(data[:int(len(data) * cut)])
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
+    assert not EXCEPTION_NAME.search(str(caught.value))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_greyscale_and_cmyk_jpegs_are_decoded_whole(tmp_path):
+    with Image.open(CORPUS / "camera/jolla.jpg") as photo:
+        photo.convert("L").save(tmp_path / "grey.jpg")
+        photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    for name in ("grey.jpg", "cmyk.jpg"):
+        with thumbnails.open_image(tmp_path / name) as image:
+            assert thumbnails._JpegRows.open(image) is None
+            assert thumbnails._shrink_whole(image, 1024, None).size == (1024, 768)
