@@ -5,8 +5,9 @@ DCT scaling via `draft`), and resizes to the largest box in bands of rows, conve
 band to sRGB as it is made, so the colour conversion runs on about 3 MP instead of 12 and
 never needs a second full copy.
 The full-size pixels are freed as soon as that first image exists; only then is it
-rotated for EXIF orientation. A big 8-bit PNG is not even decoded whole: it is read a
-strip of rows at a time. Each smaller box is then made from the previous, already small
+rotated for EXIF orientation. A big RGB JPEG or 8-bit PNG is never held whole: each band
+is resized as the decoder makes its rows, and the rows behind it are let go (about 4 MB
+held for a 12 MP photo instead of 48). Each smaller box is then made from the previous, already small
 image (a cascade), and each size is encoded once per format. Output carries no EXIF, XMP
 or GPS; it carries an sRGB ICC profile.
 
@@ -19,6 +20,7 @@ and everything on machines the wheel is not built for (Linux on ARM).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -553,11 +555,10 @@ class _JpegRows:
 
     def __exit__(self, *exc: object) -> None:
         self._decoder.cleanup()  # frees libjpeg's state, also after an error
-        self._target = None
-        try:
+        self._decoder = self._target = None  # the decoder holds the image, which maps memory
+        # BufferError: a traceback still holds a band's source; unmapped when it goes
+        with contextlib.suppress(BufferError):
             self._memory.close()
-        except BufferError:  # pragma: no cover - the image still maps it: left to GC
-            pass
 
     def rows(self, lo: int, hi: int) -> tuple[Image.Image, int]:
         """An image holding source rows lo..hi-1, and 0: the row its first row is. Rows

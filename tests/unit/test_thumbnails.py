@@ -771,8 +771,12 @@ def test_jpeg_resized_as_its_rows_are_decoded_matches_a_whole_decode(tmp_path, m
         return got
 
     monkeypatch.setattr(thumbnails._JpegRows, "rows", spy)
+    opened = []
+    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
+                        lambda self: opened.append(self) or self)
     with thumbnails.open_image(path) as image:
         banded = thumbnails._shrink_whole(image, 2048, image.info.get("icc_profile"))
+    assert [rows._memory.closed for rows in opened] == [True]  # unmapped, not left to GC
     monkeypatch.setattr(thumbnails, "_JPEG_ROWS", False)
     with thumbnails.open_image(path) as image:
         whole = thumbnails._shrink_whole(image, 2048, image.info.get("icc_profile"))
