@@ -5,11 +5,11 @@ DCT scaling via `draft`), and resizes to the largest box in bands of rows, conve
 band to sRGB as it is made, so the colour conversion runs on about 3 MP instead of 12 and
 never needs a second full copy.
 The full-size pixels are freed as soon as that first image exists; only then is it
-rotated for EXIF orientation. A big RGB JPEG or 8-bit PNG is never held whole: each band
-is resized as the decoder makes its rows, and the rows behind it are let go (about 4 MB
-held for a 12 MP photo instead of 48). Each smaller box is then made from the previous, already small
-image (a cascade), and each size is encoded once per format. Output carries no EXIF, XMP
-or GPS; it carries an sRGB ICC profile.
+rotated for EXIF orientation. A big baseline RGB JPEG or 8-bit PNG is never held whole:
+each band is resized as the decoder makes its rows, and the rows behind it are let go
+(about 4 MB held for a 12 MP photo instead of 48). Each smaller box is then made from the
+previous, already small image (a cascade), and each size is encoded once per format.
+Output carries no EXIF, XMP or GPS; it carries an sRGB ICC profile.
 
 Resampling is Lanczos-3 by fast_image_resize (the cykooz-resizer wheel), which works on
 Pillow's own pixel memory with SIMD: 12 MP to 2048 px takes 17 ms against Pillow's 108 ms
@@ -28,6 +28,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -514,25 +515,28 @@ class _JpegRows:
     given back to the system a band at a time, so the whole image never sits in memory
     (12 MP is 48 MB in Pillow, which keeps RGB at 4 bytes a pixel; this holds about 4 MB).
 
-    The decoder is fed the file a block at a time, and libjpeg suspends when a block runs
-    out, so it is never far ahead of the rows asked for. Its target is an image mapped onto
-    fresh anonymous memory: a row whose pixels have not been written yet reads as zeros,
-    and a written one has 255 in each pixel's fourth byte, which is how the rows already
-    decoded are told apart. Rows above the current band are handed back with
+    The decoder is fed the file a block at a time, as Pillow feeds it, and libjpeg suspends
+    when a block runs out, so it is never far ahead of the rows asked for (a baseline JPEG;
+    a progressive one is read whole before its first row, so it is decoded whole). Its
+    target is an image mapped onto fresh anonymous memory: a row whose pixels have not been
+    written yet reads as zeros, and a written one has 255 in each pixel's fourth byte, which
+    is how the rows already decoded are told apart. Rows above the current band are handed back with
     madvise(MADV_DONTNEED). Output is bit for bit that of a whole decode (tested)."""
 
     def __init__(self, image: Image.Image, target: Image.Image, memory: mmap.mmap,
                  decoder: object):
         self._fh, self._memory, self._target, self._decoder = image.fp, memory, target, decoder
-        self._stride = image.width * 4
+        self._stride, self._block = image.width * 4, image.decodermaxblock
         self._pending, self._done, self._released = b"", False, 0
 
     @classmethod
     def open(cls, image: Image.Image) -> _JpegRows | None:
-        """Rows of `image`, an RGB JPEG opened from a file, at its draft size; None for
-        anything else (CMYK, greyscale, small, already loaded), which is decoded whole."""
+        """Rows of `image`, a baseline RGB JPEG opened from a file, at its draft size; None
+        for anything else (CMYK, greyscale, progressive, small, already loaded), which is
+        decoded whole."""
         if (not _JPEG_ROWS or image.mode != "RGB" or len(image.tile) != 1
                 or image.tile[0][0] != "jpeg" or image.fp is None
+                or image.info.get("progressive")
                 or image.width * image.height * 4 < _JPEG_ROWS_FROM):
             return None
         (_, extents, offset, args), (width, height) = image.tile[0], image.size
@@ -573,8 +577,11 @@ class _JpegRows:
 
     def _decode_to(self, row: int) -> None:
         while not self._done and self._memory[row * self._stride + 3] != 255:
-            data = self._fh.read(_JPEG_BLOCK)
-            if not data:
+            data = self._fh.read(self._block)
+            # libjpeg takes a marker segment (< 64 KB) or a row of blocks whole, or rereads
+            # it: data it leaves for much longer is damage, e.g. megabytes of 0xFF, which
+            # would cost time growing with the square of its length
+            if not data or len(self._pending) > _JPEG_MAX_PENDING:
                 raise MediaError(_CORRUPT)
             self._pending += data
             consumed, error = self._decoder.decode(self._pending)
@@ -587,12 +594,13 @@ class _JpegRows:
 
 
 # The building blocks _JpegRows takes from Pillow are internal: used with the versions they
-# have been checked against here, and where memory can be handed back.
+# have been checked against here, and on Linux, where MADV_DONTNEED frees memory at once
+# (elsewhere it is a hint, and there would be nothing to gain).
 _JPEG_ROWS = (int(Image.__version__.split(".")[0]) in range(11, 14)
-              and hasattr(mmap, "MADV_DONTNEED"))
+              and sys.platform == "linux")
 # Below this (bytes decoded), memory that is mapped and handed back costs more than it saves
 _JPEG_ROWS_FROM = 8 * 2**20
-_JPEG_BLOCK = 32 * 1024  # a few dozen rows of a photo: how far the decoder may run ahead
+_JPEG_MAX_PENDING = 2**20
 _CORRUPT = ("The image is truncated or corrupt and cannot be decoded: export or upload the "
             "complete file again.")
 _MAX_STRIP_BYTES = 16 * 2**20  # a 12 MP photo's strips are about 4 MB
