@@ -352,7 +352,8 @@ def _shrink_in_bands(rows: Callable[[int, int], tuple[Image.Image, int]],
         bottom = min(top + _BAND_ROWS, size[1])
         source, origin = rows(max(0, int(top * scale) - margin),
                               min(height, math.ceil(bottom * scale) + margin))
-        box = (0, top * scale - origin, width, bottom * scale - origin)
+        # the last band's bottom, size[1] * (height / size[1]), can round to above height
+        box = (0, top * scale - origin, width, min(bottom * scale, height) - origin)
         band = _resize(source, (size[0], bottom - top), box)
         band = to_srgb(_unpremultiplied(band), icc, in_place=True)  # a fresh band
         if out is None:  # every row is pasted: no need to clear it first

@@ -857,6 +857,18 @@ def test_progressive_jpeg_is_decoded_whole(tmp_path):
         assert thumbnails._shrink_whole(image, 2048, None).size == (2048, 1536)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_height_whose_scale_rounds_up_still_resizes(tmp_path, fmt):
+    """1537 * (1876 / 1537) is 1876.0000000000002: the last band's crop box ended past the
+    image, and the resampler refused it (a RuntimeError for about 6 % of sizes)."""
+    source = tmp_path / f"odd.{fmt.lower()}"
+    Image.linear_gradient("L").resize((2500, 1876)).convert("RGB").save(source, fmt)
+
+    out = thumbnails.render(source, tmp_path, options=thumbnails.Options(boxes=(2048,)))
+
+    assert (out[0].width, out[0].height) == (2048, 1537)
+
+
 def test_greyscale_and_cmyk_jpegs_are_decoded_whole(tmp_path):
     with Image.open(CORPUS / "camera/jolla.jpg") as photo:
         photo.convert("L").save(tmp_path / "grey.jpg")
