@@ -127,9 +127,14 @@ def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         if options.animated and getattr(image, "n_frames", 1) > 1:
             out.append(_save_animation(image, boxes[-1], out_dir, options))
             image.seek(0)
+        stored = image.size
         current = decode(image, boxes[0])  # frees the full-size pixels
+    # Every size is fitted from the original's, not from the previous box's or a DCT-scaled
+    # one (each rounds), so a box's size never depends on which boxes came before it.
+    turned = current.size != fit(stored, boxes[0])  # EXIF orientation 5-8 swapped the sides
     for box in boxes:
-        current = _resize(current, fit(current.size, box))
+        size = fit(stored, box)
+        current = _resize(current, size[::-1] if turned else size)
         out += _save_all(current, box, out_dir, options)
     return out
 
@@ -167,15 +172,15 @@ def _shrink_whole(image: Image.Image, box: int, icc: bytes | None) -> Image.Imag
     """Decode `image` (JPEG: at the smallest DCT scale that still fills `box`), resize it to
     fit `box` and convert it to sRGB. An RGB JPEG that needs shrinking is resized as its rows
     come out of the decoder; anything else is decoded whole first."""
+    size = fit(image.size, box)  # from the stored size, not a DCT-scaled one (it rounds up)
     if image.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs, frame 0
-        image.draft(image.mode, fit(image.size, box))
-        if fit(image.size, box) != image.size:
+        image.draft(image.mode, size)
+        if size != image.size:
             rows = _JpegRows.open(image)
             if rows is not None:
                 with rows:
-                    return _shrink_in_bands(rows.rows, image.size, fit(image.size, box), icc)
+                    return _shrink_in_bands(rows.rows, image.size, size, icc)
     pixels = _to_8bit(_load(image))
-    size = fit(pixels.size, box)
     if size == pixels.size:
         return to_srgb(pixels, icc)
     source = _premultiplied(pixels)  # once, not per band

@@ -877,3 +877,34 @@ def test_greyscale_and_cmyk_jpegs_are_decoded_whole(tmp_path):
         with thumbnails.open_image(tmp_path / name) as image:
             assert thumbnails._JpegRows.open(image) is None
             assert thumbnails._shrink_whole(image, 1024, None).size == (1024, 768)
+
+
+@pytest.mark.parametrize("fmt, mode, size, boxes, orientation", [
+    ("GIF", "P", (135, 1100), (1024, 256), 1),  # the cascade: 126x1024 -> 32x256, not 31
+    ("JPEG", "RGB", (31, 2070), (1024,), 1),  # DCT scale 1/2 rounds 31 up to 16 columns
+    ("JPEG", "L", (2394, 3239), (256,), 1),  # 1/8: 300x405, which fits to 190, not 189
+    ("JPEG", "RGB", (3239, 2394), (256,), 6),  # the same, turned upright
+    ("PNG", "RGB", (114, 1500), (1024, 256), 8),  # the cascade, turned upright
+], ids=["cascade", "dct-scale-tiny-side", "dct-scale", "dct-scale-turned", "cascade-turned"])
+def test_every_box_is_fitted_from_the_original_size(tmp_path, fmt, mode, size, boxes,
+                                                    orientation):
+    """A thumbnail's size is fit(displayed size, box), whatever came before it: not
+    rounded again from a DCT-scaled decode or from the previous box."""
+    source = tmp_path / f"odd.{fmt.lower()}"
+    gradient = Image.linear_gradient("L").resize(size)
+    image = gradient.convert("RGB").convert(mode) if mode != "P" else \
+        gradient.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(source, fmt, **({"exif": exif.tobytes()} if orientation != 1 else {}))
+    (tmp_path / "out").mkdir()
+
+    out = thumbnails.render(source, tmp_path / "out", options=thumbnails.Options(boxes=boxes))
+
+    displayed = size[::-1] if orientation in (5, 6, 7, 8) else size
+    assert {r.name: (r.width, r.height) for r in out} == {
+        f"thumb_{box}.{ext}": thumbnails.fit(displayed, box)
+        for box in boxes for ext in ("webp", "jpg")}
+    for rendition in out:
+        with Image.open(rendition.path) as thumb:
+            assert thumb.size == (rendition.width, rendition.height)
