@@ -322,3 +322,34 @@ def test_cancelling_a_paused_upload_frees_its_parts(browser, site, corpus, tmp_p
     assert deleted.value.response().status == 204
     assert cards(page)[0]["status"] == "cancelled"
     assert page.errors == [], page.errors
+
+
+def test_the_library_follows_assets_still_being_processed(browser, site, corpus):
+    """Opened while its photos wait for workers (after a reload of the upload page, say), the
+    library shows them queued, then completed with their thumbnails, without a reload."""
+    import requests
+
+    site = site(queues=())
+    headers = {"Authorization": f"Bearer {site.key}"}
+    for name in PHOTOS[:2]:
+        with open(corpus / name, "rb") as fh:
+            answer = requests.post(f"{site.url}/api/v1/assets", headers=headers,
+                                   files={"file": (name.split("/")[-1], fh)}, timeout=30)
+        assert answer.status_code == 202, answer.text
+    page = new_page(browser)
+    login(page, site)
+    page.goto(f"{site.url}/assets")
+    assert page.eval_on_selector_all(".tile .badge", "els => els.map(e => e.textContent)") \
+        == ["queued", "queued"]
+    assert page.locator(".tile img").count() == 0
+    page.evaluate("() => { window.notReloaded = true; }")
+
+    for queue in ("metadata", "thumbnails"):
+        site.stack.start_worker(queue)
+    page.wait_for_function("""() => [...document.querySelectorAll('.tile')].every(t =>
+        t.dataset.status === 'completed' && t.querySelector('.badge').textContent === 'completed'
+        && t.querySelector('img') && t.querySelector('img').naturalWidth > 0)""",
+                           timeout=120_000)
+    assert page.evaluate("() => window.notReloaded") is True
+    screenshot(page, "gallery-live")
+    assert page.errors == [], page.errors
