@@ -51,6 +51,8 @@ DEFAULT_MAX_PIXELS = 100_000_000
 log = logging.getLogger(__name__)
 # Animated output: enough frames for any GIF people share, bounded so memory stays bounded.
 MAX_ANIMATION_FRAMES = 300
+# Formats whose frames are an animation (not an MPO's second picture or a TIFF's pages)
+_ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")
 
 # format name (as configured) -> file extension, content type
 FORMATS = {"webp": ("webp", "image/webp"), "jpeg": ("jpg", "image/jpeg"),
@@ -120,13 +122,15 @@ def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Make thumb_{box}.{ext} for each box that fits and each format. Idempotent: same input
     and options, same files (a re-run overwrites them)."""
     out: list[Rendition] = []
+    if options.animated:  # opened apart: reading a GIF's frames can grow its size
+        with open_image(src, max_pixels) as image:
+            if image.format in _ANIMATED_FORMATS and getattr(image, "n_frames", 1) > 1:
+                box = plan_boxes(image.size, options.boxes)[-1]
+                out.append(_save_animation(image, box, out_dir, options))
     with open_image(src, max_pixels) as image:
         # Boxes are square: the stored size plans them as well as the displayed one, and
         # asking a PNG for its EXIF orientation would decode all of its pixels.
         boxes = plan_boxes(image.size, options.boxes)
-        if options.animated and getattr(image, "n_frames", 1) > 1:
-            out.append(_save_animation(image, boxes[-1], out_dir, options))
-            image.seek(0)
         stored = image.size
         current = decode(image, boxes[0])  # frees the full-size pixels
     # Every size is fitted from the original's, not from the previous box's or a DCT-scaled
@@ -401,6 +405,7 @@ class _PngStrips:
         self._above: tuple[Image.Image, int] | None = None
         self._keep = keep
         self._exif: bytes | None = None
+        self._xmp: str | None = None
 
     @classmethod
     def open(cls, image: Image.Image, size: tuple[int, int]) -> _PngStrips | None:
@@ -433,6 +438,7 @@ class _PngStrips:
                     # a strip starts at most 2 margins and a row above the last one's end
                     strips = cls(fh, header, data, keep=2 * _margin(scale) + 4)
                     strips._palette, strips._exif = palette, exif
+                    strips._xmp = image.info.get("XML:com.adobe.xmp")  # an iTXt before IDAT
                     strips._transparency = _png_transparency(colour, transparency)
                     return strips
                 palette = data if kind == b"PLTE" else palette
@@ -472,18 +478,21 @@ class _PngStrips:
         return _premultiplied(_to_8bit(strip)), origin
 
     def orientation(self) -> int:
-        """EXIF orientation from the eXIf chunk, before or after the pixels. Call it last."""
+        """EXIF orientation from the eXIf chunk, before or after the pixels, else from XMP
+        (as Pillow's getexif reads it for a PNG decoded whole). Call it last."""
         try:
             if self._exif is None:
                 self._exif = next((data for kind, data in _png_chunks(self._fh)
                                    if kind == b"eXIf"), None)
-            if self._exif is None:
-                return 1
             exif = Image.Exif()
-            exif.load(self._exif)
-            return int(exif.get(_ORIENTATION, 1))
+            if self._exif is not None:
+                exif.load(self._exif)
+            if _ORIENTATION in exif:
+                return int(exif[_ORIENTATION])
         except (MediaError, OSError, SyntaxError, ValueError, TypeError):
             return 1
+        found = _XMP_ORIENTATION.search(self._xmp or "")
+        return int(found[2]) if found else 1
 
     def _inflate_to(self, row: int) -> None:
         need = (row - self._first) * self._stride
@@ -652,10 +661,20 @@ def _png_chunks(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _orientation(image: Image.Image) -> int:
+    """EXIF orientation still to apply: from EXIF, or XMP's tiff:Orientation (Pillow's
+    getexif reads both); 1 for a TIFF that Pillow turns upright itself."""
+    if image.format == "TIFF" and _PILLOW_TURNS_TIFFS:
+        return 1
     try:
         return int(image.getexif().get(_ORIENTATION, 1))
     except (OSError, SyntaxError, ValueError, TypeError):
         return 1
+
+
+# Pillow 13 reports a TIFF's size as displayed and turns its pixels upright as it loads them,
+# while its Orientation tag still reads as before: turning it again put it on its side.
+_PILLOW_TURNS_TIFFS = int(Image.__version__.split(".")[0]) >= 13
+_XMP_ORIENTATION = re.compile(r'tiff:Orientation(="|>)([0-9])')
 
 
 def _load(image: Image.Image) -> Image.Image:
@@ -701,15 +720,24 @@ def _flatten(image: Image.Image) -> Image.Image:
 
 
 def _save_animation(image: Image.Image, box: int, out_dir: Path, options: Options) -> Rendition:
-    """anim_{box}.webp from the first MAX_ANIMATION_FRAMES frames, each fitted to `box`."""
+    """anim_{box}.webp from the first MAX_ANIMATION_FRAMES frames, each fitted to `box` and
+    turned upright. A frame Pillow decodes larger than the first (a GIF frame reaching
+    past its screen) is cut to the first's size, as browsers show it."""
     icc = image.info.get("icc_profile")
+    turn = _TRANSPOSE.get(_orientation(image))
+    size = fit(image.size, box)
     frames, durations = [], []
     try:
         for index, frame in enumerate(ImageSequence.Iterator(image)):
             if index == MAX_ANIMATION_FRAMES:
                 break
             rgba = _to_8bit(frame.convert("RGBA"))
-            frames.append(to_srgb(_resize(rgba, fit(rgba.size, box)), icc))
+            if index == 0:
+                first = rgba.size
+            elif rgba.size != first:
+                rgba = rgba.crop((0, 0, *first))  # beyond the screen, or transparent
+            still = to_srgb(_resize(rgba, size), icc)
+            frames.append(still.transpose(turn) if turn is not None else still)
             durations.append(int(frame.info.get("duration") or 100))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MediaError(f"A frame of the animation is corrupt ({exc}).") from exc

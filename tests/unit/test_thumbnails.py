@@ -908,3 +908,123 @@ def test_every_box_is_fitted_from_the_original_size(tmp_path, fmt, mode, size, b
     for rendition in out:
         with Image.open(rendition.path) as thumb:
             assert thumb.size == (rendition.width, rendition.height)
+
+
+def _half_white(size: tuple[int, int]) -> Image.Image:
+    """As displayed: white on the left half, black on the right."""
+    image = Image.new("RGB", size, "black")
+    image.paste("white", (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+def _left_is_white(path: Path) -> bool:
+    with Image.open(path) as thumb:
+        left = thumb.convert("L").crop((0, 0, thumb.width // 2, thumb.height))
+        return ImageStat.Stat(left).mean[0] > 200
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, Image.Transpose.ROTATE_90),
+                                               (3, Image.Transpose.ROTATE_180)])
+def test_tiff_orientation_is_applied_once(tmp_path, orientation, turn):
+    """Pillow 13 turns a TIFF upright itself while its tag still says 6 or 3: turned twice,
+    it came out on its side or upside down."""
+    from media import metadata
+
+    source = tmp_path / "scan.tif"
+    _half_white((300, 200)).transpose(turn).save(source, tiffinfo={274: orientation})
+    (tmp_path / "out").mkdir()
+
+    out = thumbnails.render(source, tmp_path / "out",
+                            options=thumbnails.Options(boxes=(256,), formats=("png",)))
+
+    assert (out[0].width, out[0].height) == (256, 171) and _left_is_white(out[0].path)
+    meta = metadata.image_metadata(source)
+    assert (meta["width"], meta["height"]) == (300, 200)
+
+
+def test_animated_thumbnail_is_turned_upright_like_the_stills(tmp_path):
+    stored = _half_white((300, 200)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    source = tmp_path / "anim.webp"
+    second = stored.copy()
+    second.putpixel((0, 0), (9, 9, 9))
+    stored.save(source, save_all=True, append_images=[second], duration=100,
+                exif=exif.tobytes())
+    (tmp_path / "out").mkdir()
+
+    out = thumbnails.render(source, tmp_path / "out", options=thumbnails.Options(
+        boxes=(64,), formats=("png",), animated=True))
+
+    assert [(r.name, r.width, r.height) for r in out] == [
+        ("anim_64.webp", 64, 43), ("thumb_64.png", 64, 43)]
+    assert all(_left_is_white(r.path) for r in out)
+
+
+def test_png_orientation_only_in_xmp_is_applied_streamed_or_not(tmp_path):
+    """Pillow's getexif reads XMP's tiff:Orientation, so a PNG decoded whole was turned;
+    the same PNG streamed in strips was not."""
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+           '02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+           'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    source = tmp_path / "xmp.png"
+    _half_white((3000, 2000)).transpose(Image.Transpose.ROTATE_90).save(source, pnginfo=info)
+
+    for box in (3000, 1024):  # its own size: decoded whole; smaller: streamed in strips
+        (tmp_path / str(box)).mkdir()
+        [thumb] = thumbnails.render(source, tmp_path / str(box),
+                                    options=thumbnails.Options(boxes=(box,), formats=("png",)))
+        assert (thumb.width, thumb.height) == thumbnails.fit((3000, 2000), box)
+        assert _left_is_white(thumb.path)
+
+
+def test_a_gif_frame_past_its_screen_neither_breaks_nor_grows_the_thumbnails(tmp_path):
+    """Pillow grows a GIF's size when it decodes a frame reaching past the screen, and
+    keeps it: the animation failed in the WebP encoder (frames of two sizes), and the
+    stills were fitted from the grown size."""
+    import struct
+
+    def gif(image):
+        data = io.BytesIO()
+        image.save(data, "GIF", optimize=False)
+        return data.getvalue()
+
+    palette = [0, 0, 0, 255, 255, 255] + [0] * 762
+    screen, beyond = Image.new("P", (100, 50), 1), Image.new("P", (30, 50), 0)
+    screen.putpalette(palette)
+    beyond.putpalette(palette)
+    first, second = gif(screen), bytearray(gif(beyond))
+    head = first[:13 + 3 * 256]  # header, the 100x50 screen, the global colour table
+    body = second[13 + 3 * 256:-1]
+    body[body.index(b",") + 1:body.index(b",") + 3] = struct.pack("<H", 90)  # x 90..120
+    source = tmp_path / "grow.gif"
+    source.write_bytes(head + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+                       + first[len(head):-1] + bytes(body) + b";")
+    (tmp_path / "out").mkdir()
+
+    out = thumbnails.render(source, tmp_path / "out", options=thumbnails.Options(
+        boxes=(64,), formats=("png",), animated=True))
+
+    assert [(r.name, r.width, r.height) for r in out] == [
+        ("anim_64.webp", 64, 32), ("thumb_64.png", 64, 32)]
+
+
+def test_only_animations_get_an_animated_thumbnail(tmp_path):
+    """A TIFF's pages and an MPO's second picture are not frames of an animation (pages
+    of other sizes made the WebP encoder fail)."""
+    pages = tmp_path / "pages.tif"
+    _half_white((300, 200)).save(pages, save_all=True,
+                                 append_images=[_half_white((100, 300))])
+    mpo = tmp_path / "phone.mpo"
+    _half_white((300, 200)).save(mpo, "MPO", save_all=True,
+                                 append_images=[_half_white((150, 100))])
+    for source in (pages, mpo):
+        out_dir = tmp_path / source.suffix[1:]
+        out_dir.mkdir()
+        out = thumbnails.render(source, out_dir, options=thumbnails.Options(
+            boxes=(64,), formats=("png",), animated=True))
+        assert [(r.name, r.width, r.height) for r in out] == [("thumb_64.png", 64, 43)]
