@@ -528,15 +528,16 @@ class _PngStrips:
 class _JpegRows:
     """The rows of an RGB JPEG, decoded by Pillow's own JPEG decoder into memory that is
     given back to the system a band at a time, so the whole image never sits in memory
-    (12 MP is 48 MB in Pillow, which keeps RGB at 4 bytes a pixel; this holds about 4 MB).
+    (12 MP is 48 MB in Pillow, which keeps RGB at 4 bytes a pixel; this holds a few MB).
 
     The decoder is fed the file a block at a time, as Pillow feeds it, and libjpeg suspends
     when a block runs out, so it is never far ahead of the rows asked for (a baseline JPEG;
     a progressive one is read whole before its first row, so it is decoded whole). Its
     target is an image mapped onto fresh anonymous memory: a row whose pixels have not been
     written yet reads as zeros, and a written one has 255 in each pixel's fourth byte, which
-    is how the rows already decoded are told apart. Rows above the current band are handed back with
-    madvise(MADV_DONTNEED). Output is bit for bit that of a whole decode (tested)."""
+    is how the rows already decoded are told apart. Rows above the current band are handed
+    back with madvise(MADV_DONTNEED). Output is bit for bit that of a whole decode (tested).
+    """
 
     def __init__(self, image: Image.Image, target: Image.Image, memory: mmap.mmap,
                  decoder: object):
