@@ -37,7 +37,7 @@ def image_metadata(src: Path, max_pixels: int = thumbnails.DEFAULT_MAX_PIXELS) -
             "format": image.format,
             "mode": image.mode,
             "bit_depth": _bit_depth(image, src),
-            "frames": getattr(image, "n_frames", 1),
+            "frames": thumbnails.frame_count(image),
             "has_icc_profile": bool(icc),
             "icc_profile": thumbnails.profile_name(icc),
             "exif": _exif(image),

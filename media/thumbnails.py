@@ -124,7 +124,7 @@ def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     out: list[Rendition] = []
     if options.animated:  # opened apart: reading a GIF's frames can grow its size
         with open_image(src, max_pixels) as image:
-            if image.format in _ANIMATED_FORMATS and getattr(image, "n_frames", 1) > 1:
+            if image.format in _ANIMATED_FORMATS and frame_count(image) > 1:
                 box = plan_boxes(image.size, options.boxes)[-1]
                 out.append(_save_animation(image, box, out_dir, options))
     with open_image(src, max_pixels) as image:
@@ -224,6 +224,16 @@ def open_image(src: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             "it was refused to protect the service."
         )
     return image
+
+
+def frame_count(image: Image.Image) -> int:
+    """Frames in `image`; 1 when the frames after the first cannot be read (Pillow reads
+    them all to count them, and a truncated GIF then raises struct.error or IndexError)."""
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except (OSError, EOFError, SyntaxError, ValueError, IndexError, struct.error) as exc:
+        log.info("counting frames failed: %r", exc)
+        return 1
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
@@ -723,7 +733,8 @@ def _flatten(image: Image.Image) -> Image.Image:
 def _save_animation(image: Image.Image, box: int, out_dir: Path, options: Options) -> Rendition:
     """anim_{box}.webp from the first MAX_ANIMATION_FRAMES frames, each fitted to `box` and
     turned upright. A frame Pillow decodes larger than the first (a GIF frame reaching
-    past its screen) is cut to the first's size, as browsers show it."""
+    past its screen) is cut to the first's size, and a damaged or truncated file animates
+    the frames before the damage, as browsers show them."""
     icc = image.info.get("icc_profile")
     turn = _TRANSPOSE.get(_orientation(image))
     size = fit(image.size, box)
@@ -740,8 +751,10 @@ def _save_animation(image: Image.Image, box: int, out_dir: Path, options: Option
             still = to_srgb(_resize(rgba, size), icc)
             frames.append(still.transpose(turn) if turn is not None else still)
             durations.append(int(frame.info.get("duration") or 100))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise MediaError(f"A frame of the animation is corrupt ({exc}).") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        if not frames:
+            raise MediaError(_CORRUPT) from exc
+        log.info("animation cut at frame %d: %r", len(frames), exc)
     path = out_dir / f"anim_{box}.webp"
     frames[0].save(path, "WEBP", save_all=True, append_images=frames[1:], duration=durations,
                    loop=0, quality=options.webp_quality, method=options.webp_method,

@@ -1028,3 +1028,34 @@ def test_only_animations_get_an_animated_thumbnail(tmp_path):
         out = thumbnails.render(source, out_dir, options=thumbnails.Options(
             boxes=(64,), formats=("png",), animated=True))
         assert [(r.name, r.width, r.height) for r in out] == [("thumb_64.png", 64, 43)]
+
+
+@pytest.mark.parametrize("where, animation_frames, counted", [
+    ("control-block", None, 1),  # Pillow cannot count past the cut: a still only
+    ("image-data", 3, 4),  # counted, and the last frame is where the data ends
+])
+def test_a_truncated_animated_gif_still_gives_what_it_can(tmp_path, where, animation_frames,
+                                                          counted):
+    """Counting a truncated GIF's frames raised struct.error or IndexError out of Pillow,
+    failing both the thumbnails and the metadata jobs; an animation with a truncated frame
+    failed the job although its first frames, and the still, are fine."""
+    from media import metadata
+
+    frames = [Image.effect_noise((120, 80), 60 + 20 * n).convert("P") for n in range(4)]
+    data = io.BytesIO()
+    frames[0].save(data, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    whole = data.getvalue()
+    last = whole.rindex(b"\x21\xf9")  # the last frame's graphic control extension
+    source = tmp_path / "cut.gif"
+    source.write_bytes(whole[:last + 3 if where == "control-block" else (last + len(whole)) // 2])
+    (tmp_path / "out").mkdir()
+
+    out = thumbnails.render(source, tmp_path / "out", options=thumbnails.Options(
+        boxes=(64,), formats=("png",), animated=True))
+
+    names = [r.name for r in out]
+    assert names == (["anim_64.webp"] if animation_frames else []) + ["thumb_64.png"]
+    if animation_frames:
+        with Image.open(out[0].path) as animation:
+            assert animation.n_frames == animation_frames
+    assert metadata.image_metadata(source)["frames"] == counted
