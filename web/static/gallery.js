@@ -8,15 +8,7 @@
     mm.watch(tile.dataset.assetId, (asset) => {
       tile.dataset.status = asset.status;
       mm.badge(tile.querySelector('.badge'), asset.status);
-      const frame = tile.querySelector('.tile-img');
-      const url = mm.thumbnail(asset, 256);
-      if (!url || frame.querySelector('img')) return;
-      const img = document.createElement('img');
-      img.alt = '';
-      img.src = url;
-      const icon = frame.querySelector('.kind-icon');
-      if (icon) icon.remove();
-      frame.prepend(img);
+      mm.showThumbnail(tile.querySelector('.tile-img'), asset);
     });
   }
 })();

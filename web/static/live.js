@@ -113,6 +113,18 @@
     return null;
   }
 
+  /* Put `asset`'s thumbnail in `frame` in place of its kind icon, once it exists. */
+  function showThumbnail(frame, asset) {
+    const url = thumbnail(asset, 256);
+    if (!url || frame.querySelector('img')) return;
+    const img = document.createElement('img');
+    img.alt = '';
+    img.src = url;
+    const icon = frame.querySelector('.kind-icon');
+    if (icon) icon.remove();
+    frame.prepend(img);
+  }
+
   /* Render the jobs of `asset` into `list` (an <ul>), one row per job, each with its error
      unless `withErrors` is false (the caller then shows the reason once, elsewhere). */
   function renderJobs(list, asset, withErrors = true) {
@@ -141,5 +153,5 @@
     }
   }
 
-  window.mediamill = { watch, settled, setBar, badge, thumbnail, renderJobs, FINAL };
+  window.mediamill = { watch, settled, setBar, badge, showThumbnail, renderJobs, FINAL };
 })();

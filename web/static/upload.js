@@ -165,14 +165,7 @@
     const update = (current) => {
       setStatus(card, current.status);
       mm.renderJobs(card.querySelector('.jobs'), current, false);  // the reason: in the alert
-      const url = mm.thumbnail(current, 256);
-      const thumb = card.querySelector('.thumb');
-      if (url && !thumb.querySelector('img')) {
-        const img = document.createElement('img');
-        img.alt = '';
-        img.src = url;
-        thumb.replaceChildren(img);
-      }
+      mm.showThumbnail(card.querySelector('.thumb'), current);
       const failed = Object.entries(current.jobs || {}).find(([, job]) => job.error);
       if (current.status === 'failed' && failed) {
         const kind = failed[0].charAt(0).toUpperCase() + failed[0].slice(1);
