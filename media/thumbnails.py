@@ -73,10 +73,12 @@ try:  # SIMD resampling: wheels for x86-64 (Linux, Windows, macOS) and Apple sil
     _SIMD_MODES = frozenset({"L", "RGB", "RGBA", "RGBa", "CMYK"})
 except ImportError:  # pragma: no cover - e.g. Linux on ARM: Pillow resamples everything
     _SIMD_MODES = frozenset()
-# The wheel reads Pillow's own image struct, whose layout may change with a major version:
-# it is used only with the versions it has been checked against here.
-_SIMD_PILLOW_MAJORS = range(11, 14)
-if _SIMD_MODES and int(Image.__version__.split(".")[0]) not in _SIMD_PILLOW_MAJORS:
+# The wheel reads Pillow's own image struct, and _JpegRows takes Pillow's internal building
+# blocks, which may change with a major version: both are used only with the versions they
+# have been checked against here.
+_PILLOW_MAJOR = int(Image.__version__.split(".")[0])
+_CHECKED_PILLOW_MAJORS = range(11, 14)
+if _SIMD_MODES and _PILLOW_MAJOR not in _CHECKED_PILLOW_MAJORS:
     log.warning("Pillow %s is newer than SIMD resampling was checked with: using Pillow's "
                 "own resampler", Image.__version__)  # pragma: no cover
     _SIMD_MODES = frozenset()
@@ -619,11 +621,9 @@ class _JpegRows:
             self._pending = self._pending[max(consumed, 0):]
 
 
-# The building blocks _JpegRows takes from Pillow are internal: used with the versions they
-# have been checked against here, and on Linux, where MADV_DONTNEED frees memory at once
-# (elsewhere it is a hint, and there would be nothing to gain).
-_JPEG_ROWS = (int(Image.__version__.split(".")[0]) in range(11, 14)
-              and sys.platform == "linux")
+# Only on Linux, where MADV_DONTNEED frees memory at once (elsewhere it is a hint, and there
+# would be nothing to gain), and with the Pillow versions checked.
+_JPEG_ROWS = _PILLOW_MAJOR in _CHECKED_PILLOW_MAJORS and sys.platform == "linux"
 # Below this (bytes decoded), memory that is mapped and handed back costs more than it saves
 _JPEG_ROWS_FROM = 8 * 2**20
 _JPEG_MAX_PENDING = 2**20
@@ -684,7 +684,7 @@ def _orientation(image: Image.Image) -> int:
 
 # Pillow 13 reports a TIFF's size as displayed and turns its pixels upright as it loads them,
 # while its Orientation tag still reads as before: turning it again put it on its side.
-_PILLOW_TURNS_TIFFS = int(Image.__version__.split(".")[0]) >= 13
+_PILLOW_TURNS_TIFFS = _PILLOW_MAJOR >= 13
 _XMP_ORIENTATION = re.compile(r'tiff:Orientation(="|>)([0-9])')
 
 
