@@ -7,7 +7,7 @@ never needs a second full copy.
 The full-size pixels are freed as soon as that first image exists; only then is it
 rotated for EXIF orientation. A big baseline RGB JPEG or 8-bit PNG is never held whole:
 each band is resized as the decoder makes its rows, and the rows behind it are let go
-(about 4 MB held for a 12 MP photo instead of 48). Each smaller box is then made from the
+(a few MB held for a 12 MP photo instead of 48). Each smaller box is then made from the
 previous, already small image (a cascade), and each size is encoded once per format.
 Output carries no EXIF, XMP or GPS; it carries an sRGB ICC profile.
 

@@ -726,6 +726,14 @@ def test_a_png_with_a_malformed_palette_fails_cleanly(tmp_path, width, plte, trn
 # --- RGB JPEGs, resized as the decoder makes their rows ---------------------------------
 
 
+def _jpeg_rows_opened(monkeypatch) -> list:
+    """The _JpegRows used from now on, as they are entered."""
+    opened: list = []
+    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
+                        lambda self: opened.append(self) or self)
+    return opened
+
+
 # How far past the rows asked for the decoder may have gone: a 64 KB block of a photo is
 # about 200 rows of 3264 px (under 3 MB)
 _RUN_AHEAD = 600
@@ -779,9 +787,7 @@ def test_jpeg_resized_as_its_rows_are_decoded_matches_a_whole_decode(tmp_path, m
         return got
 
     monkeypatch.setattr(thumbnails._JpegRows, "rows", spy)
-    opened = []
-    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
-                        lambda self: opened.append(self) or self)
+    opened = _jpeg_rows_opened(monkeypatch)
     with thumbnails.open_image(path) as image:
         banded = thumbnails._shrink_whole(image, 2048, image.info.get("icc_profile"))
     assert [rows._memory.closed for rows in opened] == [True]  # unmapped, not left to GC
@@ -800,9 +806,7 @@ def test_jpeg_with_a_colour_profile_is_converted_band_by_band(tmp_path, monkeypa
     source = tmp_path / "p3.jpg"
     with Image.open(CORPUS / "camera/iphone_13_pro_max.HEIC") as phone:  # Display P3
         phone.save(source, "JPEG", quality=90, icc_profile=phone.info["icc_profile"])
-    opened = []
-    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
-                        lambda self: opened.append(self) or self)
+    opened = _jpeg_rows_opened(monkeypatch)
     banded = thumbnails.render(source, tmp_path, options=thumbnails.Options(
         boxes=(1024,), formats=("png",)))
     monkeypatch.setattr(thumbnails, "_JPEG_ROWS", False)
@@ -821,9 +825,7 @@ def test_truncated_big_jpeg_fails_cleanly(tmp_path, monkeypatch, cut):
     source = tmp_path / "cut.jpg"
     source.write_bytes(data[:int(len(data) * cut)])
     (tmp_path / "out").mkdir()
-    opened = []
-    monkeypatch.setattr(thumbnails._JpegRows, "__enter__",
-                        lambda self: opened.append(self) or self)
+    opened = _jpeg_rows_opened(monkeypatch)
 
     with pytest.raises(MediaError) as caught:
         thumbnails.render(source, tmp_path / "out")
