@@ -120,9 +120,15 @@ class Rendition:
 
 
 def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
-           options: Options = DEFAULT_OPTIONS) -> list[Rendition]:
+           options: Options = DEFAULT_OPTIONS,
+           shows: tuple[int, int] | None = None) -> list[Rendition]:
     """Make thumb_{box}.{ext} for each box that fits and each format. Idempotent: same input
-    and options, same files (a re-run overwrites them)."""
+    and options, same files (a re-run overwrites them).
+
+    `shows`: the displayed size of what `src`, upright and never larger, is a picture of (a
+    video, of which `src` is the poster). Boxes are planned and fitted from that size, so a
+    video's thumbnails have the sizes its own frames would give, not the poster's rounding.
+    """
     out: list[Rendition] = []
     if options.animated:  # opened apart: reading a GIF's frames can grow its size
         with open_image(src, max_pixels) as image:
@@ -132,12 +138,13 @@ def render(src: Path, out_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     with open_image(src, max_pixels) as image:
         # Boxes are square: the stored size plans them as well as the displayed one, and
         # asking a PNG for its EXIF orientation would decode all of its pixels.
-        boxes = plan_boxes(image.size, options.boxes)
-        stored = image.size
+        stored = shows or image.size
+        boxes = plan_boxes(stored, options.boxes)
         current = decode(image, boxes[0])  # frees the full-size pixels
     # Every size is fitted from the original's, not from the previous box's or a DCT-scaled
     # one (each rounds), so a box's size never depends on which boxes came before it.
-    turned = current.size != fit(stored, boxes[0])  # EXIF orientation 5-8 swapped the sides
+    # EXIF orientation 5-8 swapped the sides (a poster is upright already).
+    turned = shows is None and current.size != fit(stored, boxes[0])
     for box in boxes:
         size = fit(stored, box)
         current = _resize(current, size[::-1] if turned else size)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import ffmpeg
 
+from media import thumbnails
 from media.errors import Cancelled, MediaError
 
 log = logging.getLogger(__name__)
@@ -477,13 +478,13 @@ def _variant(rendition: Rendition, playlist: Path, media: Path, duration: float 
 
 def poster(src: Path | str, dst: Path, info: Probe, timeout: float = 120,
            box_side: int = 2048) -> Path:
-    """Extract a representative frame as a PNG at display size (at most `box_side`): the
-    most typical of the first keyframes from 10% in (at most 5 s), or, when no keyframe
-    follows, of a dozen frames from there, or from the very start. `src` is a local file
-    or a storage URL, of which ffmpeg reads only the parts it needs. Idempotent
-    (overwrites `dst`)."""
+    """Extract a representative frame as a PNG at display size, fitted to `box_side` (the
+    largest thumbnail box) as thumbnails are fitted, odd sides and all: the most typical of
+    the first keyframes from 10% in (at most 5 s), or, when no keyframe follows, of a dozen
+    frames from there, or from the very start. `src` is a local file or a storage URL, of
+    which ffmpeg reads only the parts it needs. Idempotent (overwrites `dst`)."""
     at = min(5.0, (info.duration or 0) * 0.1)
-    size = fit(info.width, info.height, (box_side, box_side))
+    size = thumbnails.fit((info.width, info.height), box_side)
     # Keyframes first: decoding every frame from the previous keyframe up to `at` costs up
     # to a whole GOP (8 s of 1080p for x264's defaults), and keyframes often sit at cuts.
     # MPEG-TS and MPEG-PS have no index: past their only keyframe (an HLS segment has one)
@@ -508,7 +509,9 @@ def _poster_command(src: Path | str, dst: Path, info: Probe, at: float,
                          **seek, **skip, **options)[_index(info.video, "v:0")]
     picks = 3 if keyframes_only else 12
     if is_hdr(info):  # tone-mapped from all its bits first: `thumbnail` takes only 8
-        frame = _tone_map(frame.filter("scale", *size), hdr_tags(info), "iec61966-2-1",
+        # 4:4:4 first (zscale refuses an odd side with subsampled chroma), 16 bits: no loss
+        small = frame.filter("scale", *size).filter("format", "yuv444p16le")
+        frame = _tone_map(small, hdr_tags(info), "iec61966-2-1",
                           full_range=True).filter("format", "rgb24").filter("thumbnail", picks)
     else:
         frame = frame.filter("thumbnail", picks).filter("scale", *size)

@@ -32,28 +32,33 @@ def downloads_original(kind: str) -> bool:
 
 def make_thumbnails(ctx: Context) -> Result:
     """Thumbnails of the image itself, or of a representative frame of a video."""
-    src = _poster(ctx) if ctx.kind == "video" else ctx.src
     settings = ctx.services.settings
-    made = thumbnails.render(src, ctx.out_dir, settings.max_image_pixels, _options(settings))
+    options = _options(settings)
+    src, shows = ctx.src, None
+    if ctx.kind == "video":  # a poster at the largest box; the sizes are the video's own
+        src, info = _poster(ctx, max(options.boxes))
+        shows = (info.width, info.height)
+    made = thumbnails.render(src, ctx.out_dir, settings.max_image_pixels, options, shows)
     return Result(files=[
         (r.name, r.path, r.content_type, {"kind": r.kind, "width": r.width, "height": r.height})
         for r in made
     ])
 
 
-def _poster(ctx: Context) -> Path:
-    """A video's poster, made beside the original (not among the outputs) from the original
-    where storage keeps it, of which ffmpeg reads only what it needs. If storage cannot
-    serve those reads in time (down, or busy serving the same 2 GB to the other jobs),
-    the job is tried again later (StorageUnavailable), as for any storage fault; a damaged
-    file fails at once with its reason."""
+def _poster(ctx: Context, box: int) -> tuple[Path, video.Probe]:
+    """A video's poster fitting `box`, and its probe, made beside the original (not among
+    the outputs) from the original where storage keeps it, of which ffmpeg reads only what
+    it needs. If storage cannot serve those reads in time (down, or busy serving the same
+    2 GB to the other jobs), the job is tried again later (StorageUnavailable), as for any
+    storage fault; a damaged file fails at once with its reason."""
     key, dst = original_key(ctx.asset_id), ctx.src.with_name("poster.png")
     source = ctx.services.storage.source(key)
     # Reads over the network get a share of the task's limit, so that a slow store ends in
     # a retry before the soft limit ends the job for good.
     timeout = SOFT - 30 if isinstance(source, Path) else REMOTE_POSTER_SECONDS
     try:
-        return video.poster(source, dst, video.probe(source), timeout=timeout)
+        info = video.probe(source)
+        return video.poster(source, dst, info, timeout=timeout, box_side=box), info
     except video.SourceUnreadable as exc:
         log.info("poster of %s: %s; trying again later", ctx.asset_id, exc)
         raise StorageUnavailable(f"the original could not be read from storage: {exc}") \

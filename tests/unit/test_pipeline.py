@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from PIL import Image
 
 from config.logging import context as log_context
 from tasks import pipeline
@@ -115,18 +116,20 @@ def test_a_work_folder_is_removed_at_the_end_and_never_shared(tmp_path):
         assert not any(tmp_path.iterdir())
 
 
-def _video_context(tmp_path: Path, storage) -> pipeline.Context:
-    """A thumbnails job's context for a 2 s clip stored in `storage` as asset a1."""
+def _video_context(tmp_path: Path, storage, size: str = "640x360", seconds: float = 2,
+                   boxes: tuple[int, ...] = (256,)) -> pipeline.Context:
+    """A thumbnails job's context for a clip stored in `storage` as asset a1."""
     import subprocess
 
     clip = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=640x360:rate=25", "-t", "2", "-c:v", "libx264", "-preset",
-                    "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=60)
+                    f"testsrc2=size={size}:rate=25", "-t", str(seconds), "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True,
+                   timeout=60)
     storage.upload_file("assets/a1/original", clip, "video/mp4")
     work = tmp_path / "work"
     (work / "out").mkdir(parents=True)
-    settings = SimpleNamespace(max_image_pixels=100_000_000, thumbnail_boxes=(256,),
+    settings = SimpleNamespace(max_image_pixels=100_000_000, thumbnail_boxes=boxes,
                                thumbnail_formats=("jpeg",), thumbnail_animated=False,
                                thumbnail_quality=(("webp", 80), ("jpeg", 85), ("avif", 60)))
     return pipeline.Context("a1", "video", "", work / "original", work / "out",
@@ -149,6 +152,26 @@ def test_a_videos_thumbnails_read_its_original_from_storage_not_a_download(tmp_p
     assert [name for name, *_ in result.files] == ["thumb_256.jpg"]
     fetches = {kind: task.downloads_original(kind) for kind in ("image", "video")}
     assert fetches == {"image": True, "video": False}
+
+
+def test_a_videos_thumbnails_have_the_sizes_of_its_own_frames_in_every_box(tmp_path):
+    """Fitted from the video's size, not from a poster already rounded to 2048 px with even
+    sides (2048x1152, which gave 1 px too many), and boxes above 2048 are made too."""
+    from media.storage import FileStorage
+    from media.thumbnails import fit
+    from tasks import thumbnails as task
+
+    ctx = _video_context(tmp_path, FileStorage(tmp_path / "storage", "secret"), "2704x1520",
+                         seconds=0.4, boxes=(2500, 2048, 256))
+
+    result = task.make_thumbnails(ctx)
+
+    made = {name: (info["width"], info["height"]) for name, _, _, info in result.files}
+    assert made == {f"thumb_{box}.jpg": fit((2704, 1520), box) for box in (2500, 2048, 256)}
+    assert made["thumb_2048.jpg"] == (2048, 1151)
+    for name, path, _, info in result.files:
+        with Image.open(path) as image:
+            assert image.size == (info["width"], info["height"]), name
 
 
 def test_a_poster_whose_url_cannot_be_read_is_tried_again_later(tmp_path):
