@@ -656,6 +656,39 @@ def test_multi_picture_jpeg_is_decoded_at_a_reduced_dct_scale(tmp_path):
     assert small.size == (256, 144)
 
 
+@pytest.mark.parametrize(("size", "box"), [((2049, 1025), 256), ((6145, 1537), 2048)],
+                         ids=["decoded-whole", "decoded-in-rows"])
+def test_a_dct_scaled_jpeg_is_not_stretched_by_its_part_pixel(tmp_path, size, box):
+    """2049 px decode at 1/8 to 257, of which the picture spans 256.125: resized as 257 wide,
+    things near the right edge moved left by almost a pixel. A dark line near the right
+    and bottom edges lands where a full decode puts it."""
+    source = tmp_path / "edge.jpg"
+    picture = Image.new("RGB", size, (255, 255, 255))
+    width, height = size
+    picture.paste((0, 0, 0), (width - 80, 0, width - 72, height))  # a column
+    picture.paste((0, 0, 0), (0, height - 80, width, height - 72))  # a row
+    picture.save(source, "JPEG", quality=100, subsampling=0)
+    expected = thumbnails.fit(size, box)
+    reference = picture.resize(expected, Image.Resampling.LANCZOS)
+
+    with thumbnails.open_image(source) as image:
+        small = thumbnails._shrink_whole(image, box, None)
+        assert image.size != size  # DCT-scaled
+
+    def centres(image: Image.Image) -> tuple[float, float]:
+        dark = ImageOps.invert(image.convert("L"))
+        columns = [ImageStat.Stat(dark.crop((x, 0, x + 1, dark.height // 2))).sum[0]
+                   for x in range(dark.width)]
+        rows = [ImageStat.Stat(dark.crop((0, y, dark.width // 2, y + 1))).sum[0]
+                for y in range(dark.height)]
+        return (sum(x * v for x, v in enumerate(columns)) / sum(columns),
+                sum(y * v for y, v in enumerate(rows)) / sum(rows))
+
+    assert small.size == expected
+    ours, theirs = centres(small), centres(reference)
+    assert abs(ours[0] - theirs[0]) < 0.1 and abs(ours[1] - theirs[1]) < 0.1, (ours, theirs)
+
+
 def test_a_wide_short_png_is_decoded_whole_not_in_giant_strips(tmp_path):
     """Strips of a panorama would each hold most of it several times over."""
     path = tmp_path / "wide.png"
