@@ -49,6 +49,7 @@ class Settings:
     job_stale_seconds: int = 120  # a running job silent this long is taken as dead
     log_format: str = "json"
     signed_url_ttl: int = 3600
+    request_body_timeout: int = 60  # seconds a request body may stall before a 408
     thumbnail_boxes: tuple[int, ...] = (2048, 1024, 256)
     thumbnail_formats: tuple[str, ...] = ("webp", "jpeg")
     thumbnail_quality: tuple[tuple[str, int], ...] = (("webp", 80), ("jpeg", 85), ("avif", 60))
@@ -90,6 +91,7 @@ class Settings:
         take("MEDIAMILL_MAX_IMAGE_PIXELS", "max_image_pixels", _positive_int)
         take("MEDIAMILL_JOB_STALE_SECONDS", "job_stale_seconds", _positive_int)
         take("MEDIAMILL_LOG_FORMAT", "log_format", _log_format)
+        take("MEDIAMILL_REQUEST_BODY_TIMEOUT", "request_body_timeout", _positive_int)
         take("MEDIAMILL_THUMBNAIL_BOXES", "thumbnail_boxes", _boxes)
         take("MEDIAMILL_THUMBNAIL_FORMATS", "thumbnail_formats", _formats)
         take("MEDIAMILL_THUMBNAIL_QUALITY", "thumbnail_quality", _qualities)

@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from tasks import make_celery
     from web import cli, errors, files, health, metrics, openapi, site
     from web.api import assets, events, uploads, webhooks
+    from web.streaming import BodyGuard
 
     app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
     app.config.update(SECRET_KEY=settings.secret_key, MAX_FORM_MEMORY_SIZE=64 * 1024,
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                       health.bp, metrics.bp, openapi.bp, files.bp, site.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
+    app.wsgi_app = BodyGuard(app.wsgi_app, settings.request_body_timeout)
     cli.register(app)
     configure_logging(settings.log_format)
     return app

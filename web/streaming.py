@@ -14,7 +14,56 @@ from typing import BinaryIO
 
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from web.errors import Problem
+
 CHUNK = 256 * 1024
+
+
+class BodyGuard:
+    """WSGI middleware for the request body. gunicorn waits for a body's next bytes for
+    ever and lets a malformed chunked body raise its own errors: a client that stalled
+    held a web thread for good (a few dozen such clients stopped the service), and a bad
+    chunk size was a 500. Here a read that waits `timeout` seconds answers 408, and a body
+    that cannot be read answers 400; gunicorn then closes the connection."""
+
+    def __init__(self, app, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")  # blocking without a timeout until here
+        if sock is not None:
+            sock.settimeout(self.timeout)
+        if environ.get("wsgi.input") is not None:
+            environ["wsgi.input"] = _GuardedInput(environ["wsgi.input"], self.timeout)
+        return self.app(environ, start_response)
+
+
+class _GuardedInput:
+    """wsgi.input whose read errors are problems: 408 for a stall, 400 for the rest."""
+
+    def __init__(self, stream: BinaryIO, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+
+    def read(self, size: int = -1) -> bytes:
+        return self._guarded(self._stream.read, size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._guarded(self._stream.readline, size)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def _guarded(self, read, size: int) -> bytes:
+        try:
+            return read(size)
+        except TimeoutError:
+            raise Problem(408, "Request Timeout", f"No part of the request body arrived for "
+                          f"{self._timeout:g} s; send the request again.") from None
+        except Exception as exc:  # gunicorn's NoMoreData, InvalidChunkSize, ...: the client's
+            raise Problem(400, "Malformed body", f"The request body could not be read "
+                          f"({exc or type(exc).__name__}).") from None
 
 
 class MalformedBody(ValueError):

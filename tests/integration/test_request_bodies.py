@@ -1,0 +1,132 @@
+"""Request bodies that never arrive whole, sent to the web process as the Procfile runs it
+(gunicorn, gthread): a malformed chunked body is a 400, a stalled one a 408, and neither
+costs a web thread for longer than MEDIAMILL_REQUEST_BODY_TIMEOUT."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port, make_bucket, stack_env, stop, wait_for
+
+pytestmark = pytest.mark.integration
+
+STALL = 2  # MEDIAMILL_REQUEST_BODY_TIMEOUT for these tests
+THREADS = 2
+
+
+@pytest.fixture(scope="module", params=["file", "s3"])
+def web(request, tmp_path_factory, redis_server):
+    """gunicorn with one worker of THREADS threads, and an API key for it."""
+    tmp = tmp_path_factory.mktemp(f"bodies-{request.param}")
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        storage, extra = f"s3://{make_bucket(endpoint)}", endpoint
+    else:
+        storage, extra = f"file://{tmp / 'storage'}", None
+    env = stack_env(tmp, redis_server, 15, f"sqlite:///{tmp / 'db.sqlite'}", storage, extra)
+    env["MEDIAMILL_REQUEST_BODY_TIMEOUT"] = str(STALL)
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "flask"), "--app", "web", "release"], env=env, cwd=ROOT,
+                   capture_output=True, timeout=60, check=True)
+    issued = subprocess.run([str(bin_dir / "flask"), "--app", "web", "create-api-key", "ops"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    key = json.loads(issued.stdout.strip().splitlines()[-1])["api_key"]
+    port = free_port()
+    with open(tmp / "web.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(bin_dir / "gunicorn"), "web:create_app()", "--config",
+             "python:config.gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
+             "gthread", "--workers", "1", "--threads", str(THREADS)],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok,
+                 timeout=60, what="gunicorn")
+        yield port, key
+    finally:
+        stop(proc)
+
+
+def _send(port: int, head: bytes, body: bytes) -> tuple[int, dict]:
+    """Send a raw request and read the answer to its end: its status and problem JSON."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + b"\r\n" + body)
+        return _answer(sock)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    """The answer on `sock`, read until the server closes: its status and problem JSON
+    (socket.timeout after 30 s: the server kept the connection waiting)."""
+    answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in headers.lower(), answer[:400]
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def _head(method: str, path: str, key: str, content_type: str, framing: str) -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: {content_type}\r\n{framing}\r\n").encode()
+
+
+ENDPOINTS = [
+    ("/api/v1/assets", "multipart/form-data; boundary=B",
+     b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+     + b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4096),  # 1 MiB: storage is writing it
+    ("/api/v1/uploads", "application/json", b'{"filename": "a.mp4", "size": 5000000}'),
+    ("/api/v1/webhooks", "application/json", b'{"url": "https://example.com/hook"}'),
+]
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), ENDPOINTS,
+                         ids=["assets", "uploads", "webhooks"])
+@pytest.mark.parametrize("damage", ["bad-chunk-size", "bad-chunk-size-later",
+                                    "chunk-shorter-than-said", "cut-off"])
+def test_a_malformed_chunked_body_is_a_400(web, path, content_type, body, damage):
+    port, key = web
+    head = _head("POST", path, key, content_type, "Transfer-Encoding: chunked\r\n")
+    chunk = b"%x\r\n%s\r\n" % (len(body), body)
+    chunked = {"bad-chunk-size": b"zz\r\n" + body + b"\r\n0\r\n\r\n",
+               "bad-chunk-size-later": chunk + b"zz\r\n" + body + b"\r\n0\r\n\r\n",
+               "chunk-shorter-than-said": b"%x\r\n" % (len(body) + 50) + body + b"\r\n0\r\n\r\n",
+               "cut-off": chunk[:len(chunk) // 2]}[damage]
+    # cut off: nothing more is sent, and the client waits (gunicorn's chunk reader takes
+    # the stall for an empty chunk size, so that is a 400 too, or a 408)
+    status, problem = _send(port, head, chunked)
+
+    assert status in ((400, 408) if damage == "cut-off" else (400,)), problem
+    assert problem["status"] == status and problem["detail"]
+
+
+def test_stalled_bodies_end_in_a_408_and_never_starve_the_web_process(web):
+    """More stalled uploads than the web process has threads: each ends after the stall
+    timeout with a 408, and the service answers other requests all along."""
+    port, key = web
+    body = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+            b"\xff\xd8\xff\xe0")
+    head = _head("POST", "/api/v1/assets", key, "multipart/form-data; boundary=B",
+                 "Content-Length: 100000\r\n")
+    stalled = []
+    try:
+        for _ in range(THREADS * 3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(head + b"\r\n" + body)  # and not another byte
+            stalled.append(sock)
+        time.sleep(0.5)  # every thread is now waiting for a body
+
+        # served once a stall times out, not after the stalled clients give up
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=25).ok
+        for sock in stalled:
+            status, problem = _answer(sock)
+            assert (status, problem["title"]) == (408, "Request Timeout"), problem
+    finally:
+        for sock in stalled:
+            sock.close()
