@@ -509,9 +509,15 @@ def _poster_command(src: Path | str, dst: Path, info: Probe, at: float,
                          **seek, **skip, **options)[_index(info.video, "v:0")]
     picks = 3 if keyframes_only else 12
     if is_hdr(info):  # tone-mapped from all its bits first: `thumbnail` takes only 8
-        # 4:4:4 first (zscale refuses an odd side with subsampled chroma), 16 bits: no loss
-        small = frame.filter("scale", *size).filter("format", "yuv444p16le")
-        frame = _tone_map(small, hdr_tags(info), "iec61966-2-1",
+        # 4:4:4 (zscale refuses an odd side with subsampled chroma) in 16 bits, in the
+        # frames' own range, and R'G'B' frames left R'G'B': swscale would convert them with
+        # a matrix of its own choosing, and full range to limited, before setparams says
+        # what they are
+        tags = hdr_tags(info)
+        rgb = str(info.video.get("pix_fmt", "")).startswith("gbr")
+        small = (frame.filter("scale", *size, in_range=tags["range"], out_range=tags["range"])
+                 .filter("format", "gbrp16le" if rgb else "yuv444p16le"))
+        frame = _tone_map(small, tags, "iec61966-2-1",
                           full_range=True).filter("format", "rgb24").filter("thumbnail", picks)
     else:
         frame = frame.filter("thumbnail", picks).filter("scale", *size)

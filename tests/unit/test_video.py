@@ -755,6 +755,32 @@ def test_hdr_video_is_tone_mapped_to_sdr_in_poster_and_renditions(tmp_path, tran
         "yuv420p", "bt709", "bt709")
 
 
+@pytest.mark.parametrize(("coding", "tags"), [
+    (":r=pc:m=bt2020nc,format=yuv420p10le", ["-colorspace", "bt2020nc", "-color_range", "pc"]),
+    (",format=gbrp10le", ["-colorspace", "rgb"]),  # R'G'B' HEVC, as some cameras write
+], ids=["full-range", "rgb"])
+def test_hdr_poster_keeps_colours_whatever_the_range_and_coding(tmp_path, coding, tags):
+    """swscale, shrinking to the poster's size, converted full range to limited and R'G'B'
+    to YUV by a matrix of its own before setparams said what the frames were: red came
+    out (182, 29, 16), washed out."""
+    source = tmp_path / "hdr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=0xC83232:s=160x180:r=10:d=1[a];"
+           "color=c=0x40C040:s=160x180:r=10:d=1[b];[a][b]hstack,format=gbrp", "-vf",
+           "zscale=tin=iec61966-2-1:pin=bt709:rin=full:t=smpte2084:npl=100:p=bt2020"
+           + coding, "-c:v", "libx265", "-x265-params", "log-level=error", "-color_trc",
+           "smpte2084", "-color_primaries", "bt2020", *tags, str(source))
+    info = video.probe(source)
+    assert video.is_hdr(info)
+
+    for box, size in [(2048, (320, 180)), (301, (301, 169))]:
+        with Image.open(video.poster(source, tmp_path / f"{box}.png", info,
+                                     box_side=box)) as image:
+            assert image.size == size
+            posted = {(x, y): image.getpixel((x * size[0] // 320, y * size[0] // 320))
+                      for x, y in SDR_PATCHES}
+        assert all(near(posted[xy], rgb) for xy, rgb in SDR_PATCHES.items()), (box, posted)
+
+
 def test_sdr_video_is_not_tone_mapped(clips):
     assert not video.is_hdr(video.probe(clips["plain"]))
 
