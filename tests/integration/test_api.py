@@ -175,6 +175,17 @@ def test_idempotency_key_replays_the_first_answer(api):
     assert len([p for p in storage.rglob("original")]) == 2  # no stray copies
 
 
+def test_an_idempotency_key_too_long_to_store_is_refused_not_cut(api):
+    """Cut to 255 characters, two keys alike in those collided: the second upload was
+    answered with the first's asset and never stored."""
+    client, key = api.test_client(), new_key(api, "alice")
+    first = upload(client, key, data=jpeg(), headers={"Idempotency-Key": "x" * 255})
+    assert first.status_code == 202
+    refused = upload(client, key, data=jpeg(), headers={"Idempotency-Key": "x" * 255 + "B"})
+    assert "at most 255" in assert_problem(refused, 400)["detail"]
+    assert len(client.get("/api/v1/assets", headers=auth(key)).json["items"]) == 1
+
+
 def test_list_is_newest_first_with_cursor_and_status_filter(api):
     client, key = api.test_client(), new_key(api, "alice")
     ids = [upload(client, key, data=jpeg(color=(i, i, i))).json["id"] for i in range(5)]

@@ -23,6 +23,7 @@ bp = Blueprint("assets", __name__, url_prefix="/api/v1/assets")
 
 MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
 FIELD_LIMIT = 8 * 1024
+IDEMPOTENCY_KEY_MAX = 255  # the column's length
 PURGE_TASK = "upkeep.purge"  # tasks/upkeep.py
 
 
@@ -34,7 +35,10 @@ def create():
     limit = services().settings.max_upload_bytes
     if (request.content_length or 0) > limit + MULTIPART_SLACK:
         raise too_large(limit)
-    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:255] or None
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip() or None
+    if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:  # not cut: keys collided
+        raise Problem(400, "Bad Idempotency-Key", f"An Idempotency-Key is at most "
+                      f"{IDEMPOTENCY_KEY_MAX} characters; this one has {len(idempotency_key)}.")
     replay = _idempotent_record(idempotency_key)
     asset_id = new_id()
     stored, fields, upload = False, {}, None
