@@ -63,16 +63,19 @@ def _purge_deleted(services: Services) -> int:
 
 
 def _abort_abandoned(services: Services) -> int:
-    """Free the parts of direct uploads left open for a day (the browser went away)."""
+    """Free the parts of direct uploads left open for a day (the browser went away), or
+    left completing (the process died), and any original a complete joined but could not
+    record."""
     cutoff = utcnow() - ABANDONED_AFTER
     with services.db.session() as session:
         stale = list(session.scalars(
-            select(DirectUpload).where(DirectUpload.status == "open",
+            select(DirectUpload).where(DirectUpload.status.in_(("open", "completing")),
                                        DirectUpload.created_at < cutoff).limit(PURGE_BATCH)
         ))
         for upload in stale:
             with contextlib.suppress(FileNotFoundError):  # already gone from the store
                 services.storage.abort_multipart(upload.key, upload.storage_upload_id)
+            services.storage.delete_prefix(asset_prefix(upload.asset_id))
             upload.status = "aborted"
     return len(stale)
 

@@ -4,6 +4,7 @@ itself for file://), then complete into an asset that is processed like any othe
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from urllib.parse import urlsplit
 
 import pytest
@@ -188,17 +189,130 @@ def test_sweep_aborts_uploads_abandoned_for_a_day(make_stack, s3_endpoint, corpu
     client = stack.client()
     data = padded_jpeg(corpus, 9 * MiB)
     upload, _ = upload_direct(client, key, data, "left.jpg", missing=(2,))
+    dead, _ = upload_direct(client, key, data, "dead.jpg", missing=(2,))
     services = stack.app.extensions["mediamill"]
     with services.db.session() as session:
         row = session.get(DirectUpload, upload["id"])
         row.created_at -= timedelta(hours=25)
         stored_key, upload_id = row.key, row.storage_upload_id
+        dying = session.get(DirectUpload, dead["id"])  # its complete's process died
+        dying.created_at -= timedelta(hours=25)
+        dying.status, dying.completed_at = "completing", dying.created_at
     assert services.storage.list_parts(stored_key, upload_id)  # part 1 is stored
     celery_app = stack.app.extensions["celery"]
     celery_app.loader.import_default_modules()
-    assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 1
+    assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 2
     assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 0
     with pytest.raises(FileNotFoundError):  # the store freed the parts
         services.storage.list_parts(stored_key, upload_id)
     shown = client.get(f"/api/v1/uploads/{upload['id']}", headers=auth(key)).json
     assert shown["status"] == "aborted" and shown["parts"] == []
+    assert client.get(f"/api/v1/uploads/{dead['id']}", headers=auth(key)).json[
+        "status"] == "aborted"
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, corpus, storage):
+    """Raced, complete and DELETE both answered success (202 and 204, and the asset was
+    processed) or complete a false 503. An upload being completed is now a 409 for the
+    other, and a complete whose process died is taken over once it has gone silent."""
+    from datetime import timedelta
+
+    from media.records import DirectUpload, utcnow
+
+    stack = make_stack(None, storage, s3_endpoint if storage == "s3" else None, queues=())
+    client, key = stack.client(), stack.create_key("alice")
+    services = stack.app.extensions["mediamill"]
+    upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg")
+    path, parts = f"/api/v1/uploads/{upload['id']}", [
+        {"part_number": n, "etag": e} for n, e in sorted(etags.items())]
+
+    def completing(since) -> None:  # as another request, in the middle of its complete
+        with services.db.session() as session:
+            row = session.get(DirectUpload, upload["id"])
+            row.status, row.completed_at = "completing", since
+
+    completing(utcnow())
+    busy = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
+    assert (busy.status_code, busy.json["title"]) == (409, "Upload completing")
+    assert client.delete(path, headers=auth(key)).status_code == 409
+    assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
+
+    completing(utcnow() - timedelta(minutes=31))  # its process died
+    done = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
+    assert done.status_code == 202, done.json
+    assert client.delete(path, headers=auth(key)).status_code == 409  # an asset now
+
+    # Storage failing while the joined file is read back: a 503, and the upload stays open
+    # with its file, which a retry reads again (before, the file was deleted and the
+    # upload aborted: all of it had to be sent again).
+    from media.errors import StorageUnavailable
+    from web.api import uploads
+
+    data = padded_jpeg(corpus, 9 * MiB + 7)
+    upload, etags = upload_direct(client, key, data, "c.jpg")
+    path, parts = f"/api/v1/uploads/{upload['id']}", [
+        {"part_number": n, "etag": e} for n, e in sorted(etags.items())]
+    inspect = uploads._inspect
+
+    def failing(row):
+        uploads._inspect = inspect
+        raise StorageUnavailable("storage answered SlowDown")
+
+    uploads._inspect = failing
+    try:
+        assert client.post(f"{path}/complete", headers=auth(key),
+                           json={"parts": parts}).status_code == 503
+    finally:
+        uploads._inspect = inspect
+    assert client.get(path, headers=auth(key)).json["status"] == "open"
+    retried = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
+    assert retried.status_code == 202, retried.json
+    assert retried.json["sha256"] == hashlib.sha256(data).hexdigest()
+
+    # A complete refused for its parts leaves the upload open: fixed, it completes.
+    upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "b.jpg")
+    path = f"/api/v1/uploads/{upload['id']}"
+    wrong = client.post(f"{path}/complete", headers=auth(key),
+                        json={"parts": [{"part_number": 1, "etag": '"0123"'},
+                                        {"part_number": 2, "etag": etags[2]}]})
+    assert wrong.status_code == 400, wrong.json
+    assert client.get(path, headers=auth(key)).json["status"] == "open"
+    assert client.delete(path, headers=auth(key)).status_code == 204
+    assert client.delete(path, headers=auth(key)).status_code == 204  # again: still 204
+    assert client.post(f"{path}/complete", headers=auth(key),
+                       json={"parts": parts}).status_code == 409
+
+
+def test_complete_and_abort_sent_together_never_both_succeed(make_stack, corpus):
+    stack = make_stack(None, "file", queues=())
+    key = stack.create_key("alice")
+    outcomes = []
+    for _ in range(6):
+        client = stack.client()
+        upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "r.jpg")
+        path = f"/api/v1/uploads/{upload['id']}"
+        parts = [{"part_number": n, "etag": e} for n, e in sorted(etags.items())]
+        complete, abort = _together(
+            partial(stack.client().post, f"{path}/complete", headers=auth(key),
+                    json={"parts": parts}),
+            partial(stack.client().delete, path, headers=auth(key)))
+        status = client.get(path, headers=auth(key)).json["status"]
+        outcomes.append((complete.status_code, abort.status_code, status))
+    for outcome in outcomes:
+        assert outcome in ((202, 409, "completed"), (409, 204, "aborted")), outcomes
+
+
+def _together(*calls):
+    """Run `calls` in threads released at the same moment; their results, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    start = Barrier(len(calls))
+
+    def run(call):
+        start.wait(30)
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result(60) for f in [pool.submit(run, call) for call in calls]]

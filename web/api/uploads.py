@@ -7,10 +7,12 @@ storage the part links point at `PUT /files/uploads/...` on this service instead
 
 from __future__ import annotations
 
+import contextlib
 import math
+from datetime import timedelta
 
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 
 from media import assets
 from media.errors import UnsupportedMedia
@@ -34,6 +36,7 @@ MiB = 1024 * 1024
 MIN_PART_SIZE = 8 * MiB  # S3 needs >= 5 MiB; 8 MiB keeps requests few and retries cheap
 PART_URL_TTL = 3600
 SIGN_BATCH = 100
+COMPLETING_STALE = timedelta(minutes=30)  # a complete reads all of the file, once
 
 
 def part_size_for(size: int) -> int:
@@ -71,8 +74,11 @@ def create():
 def show(upload_id: str):
     """The upload and the parts storage already holds, to resume after an interruption."""
     upload = _get_or_404(upload_id)
-    parts = [] if upload.status != "open" else services().storage.list_parts(
-        upload.key, upload.storage_upload_id)
+    parts = []
+    if upload.status == "open":
+        # gone once a complete has joined them (and then failed to record the asset)
+        with contextlib.suppress(FileNotFoundError):
+            parts = services().storage.list_parts(upload.key, upload.storage_upload_id)
     return jsonify({**_upload_json(upload), "parts": [
         {"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in parts]})
 
@@ -100,32 +106,46 @@ def complete(upload_id: str):
     upload = _get_or_404(upload_id)
     if upload.status == "completed":  # a retried complete: the same asset again
         return _asset_answer(upload.asset_id)
-    _open_or_409(upload)
     body = json_object()
     parts = _parts(body.get("parts"))
     webhook_url = upload_target(body.get("webhook_url"))
+    # One complete or abort at a time: raced, both answered success (204 and 202, and the
+    # asset was processed), or the complete a false 503.
+    if not _move(upload.id, ("open",), "completing", or_stale=True):
+        return _closed(upload_id)
     storage = services().storage
-    _check_sizes(upload, parts, storage.list_parts(upload.key, upload.storage_upload_id))
     try:
-        storage.complete_multipart(upload.key, upload.storage_upload_id, parts)
-    except BadParts as exc:
-        raise Problem(400, "Bad parts", f"The parts do not match what was uploaded ({exc}); "
-                      "list them with GET /api/v1/uploads/{id} and send their ETags.") from None
+        if not storage.exists(upload.key):  # else joined by a complete that did not record it
+            _join(upload, parts)
+    except FileNotFoundError:  # aborted in storage, or expired by a lifecycle rule
+        _move(upload.id, ("completing",), "aborted")
+        raise Problem(409, "Upload closed", "Storage no longer holds this upload's parts; "
+                      "start a new one.") from None
+    except BaseException:
+        _move(upload.id, ("completing",), "open")  # fixed parts may complete it yet
+        raise
     try:
         found, size, sha256 = _inspect(upload)
-    except BaseException:
+    except Problem:  # empty, or not media we can process: refused for good
         storage.delete_prefix(asset_prefix(upload.asset_id))
-        _finish(upload.id, "aborted")
+        _move(upload.id, ("completing",), "aborted")
+        raise
+    except BaseException:  # storage failed while reading it back: a retry reads it again
+        _move(upload.id, ("completing",), "open")
         raise
     stored = assets.Upload(upload.asset_id, found.kind, found.content_type, upload.filename,
                            size, sha256)
-    with services().db.session() as session:
-        asset = assets.create(session, g.tenant_id, stored, webhook_url, services().outbox,
-                              public_url=base_url())
-        row = session.get(DirectUpload, upload.id, with_for_update=True)
-        row.status, row.completed_at = "completed", utcnow()
-        jobs = list(asset.jobs)
-        after_commit(session, lambda: enqueue(celery(), jobs))
+    try:
+        with services().db.session() as session:
+            asset = assets.create(session, g.tenant_id, stored, webhook_url,
+                                  services().outbox, public_url=base_url())
+            row = session.get(DirectUpload, upload.id, with_for_update=True)
+            row.status, row.completed_at = "completed", utcnow()
+            jobs = list(asset.jobs)
+            after_commit(session, lambda: enqueue(celery(), jobs))
+    except BaseException:
+        _move(upload.id, ("completing",), "open")  # the object is stored: a retry records it
+        raise
     return _asset_answer(upload.asset_id)
 
 
@@ -134,11 +154,11 @@ def complete(upload_id: str):
 def abort(upload_id: str):
     """Abort the upload and free its parts: 204 (again for an upload already aborted)."""
     upload = _get_or_404(upload_id)
-    if upload.status == "completed":
-        raise Problem(409, "Upload completed", "This upload became an asset; delete the "
-                      f"asset {upload.asset_id} instead.")
-    services().storage.abort_multipart(upload.key, upload.storage_upload_id)
-    _finish(upload.id, "aborted")
+    if not _move(upload.id, ("open", "aborted"), "aborted", or_stale=True):
+        return _closed(upload_id)
+    storage = services().storage
+    storage.abort_multipart(upload.key, upload.storage_upload_id)
+    storage.delete_prefix(asset_prefix(upload.asset_id))  # joined by a complete, unrecorded
     return Response(status=204)
 
 
@@ -159,6 +179,17 @@ def put_part(upload_id: str, part_number: int):
     except ValueError:
         raise Problem(413, "Payload Too Large", f"A part is at most {part_size} bytes.") from None
     return Response(status=200, headers={"ETag": etag})
+
+
+def _join(upload: DirectUpload, parts: list[tuple[int, str]]) -> None:
+    """Join the named parts into the original, once they add up to the declared size."""
+    storage = services().storage
+    _check_sizes(upload, parts, storage.list_parts(upload.key, upload.storage_upload_id))
+    try:
+        storage.complete_multipart(upload.key, upload.storage_upload_id, parts)
+    except BadParts as exc:
+        raise Problem(400, "Bad parts", f"The parts do not match what was uploaded ({exc}); "
+                      "list them with GET /api/v1/uploads/{id} and send their ETags.") from None
 
 
 def _inspect(upload: DirectUpload):
@@ -222,11 +253,35 @@ def _open_or_409(upload: DirectUpload) -> DirectUpload:
     return upload
 
 
-def _finish(upload_id: str, status: str) -> None:
+def _move(upload_id: str, sources: tuple[str, ...], status: str,
+          or_stale: bool = False) -> bool:
+    """Move the upload to `status` if it is in one of `sources`, in one statement that
+    concurrent requests take in turn: whether it moved. `or_stale`: also take it over from a
+    complete gone silent for COMPLETING_STALE (its process died)."""
+    now = utcnow()
+    taken = DirectUpload.status.in_(sources)
+    if or_stale:
+        taken = or_(taken, and_(DirectUpload.status == "completing",
+                                DirectUpload.completed_at < now - COMPLETING_STALE))
     with services().db.session() as session:
-        row = session.get(DirectUpload, upload_id)
-        if row is not None and row.status == "open":
-            row.status, row.completed_at = status, utcnow()
+        moved = session.execute(update(DirectUpload).where(DirectUpload.id == upload_id, taken)
+                                .values(status=status,
+                                        completed_at=None if status == "open" else now))
+        return moved.rowcount == 1
+
+
+def _closed(upload_id: str):
+    """The answer to a complete or abort that found the upload no longer open."""
+    upload = _get_or_404(upload_id)
+    if upload.status == "completed":
+        if request.method == "POST":  # a complete raced by another: its asset
+            return _asset_answer(upload.asset_id)
+        raise Problem(409, "Upload completed", "This upload became an asset; delete the "
+                      f"asset {upload.asset_id} instead.")
+    if upload.status == "completing":
+        raise Problem(409, "Upload completing", "Another request is completing this upload; "
+                      "ask for it with GET /api/v1/uploads/{id} in a moment.")
+    raise Problem(409, "Upload closed", f"This upload is {upload.status}; start a new one.")
 
 
 def _asset_answer(asset_id: str):
