@@ -86,6 +86,10 @@ def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
 def check_url(url: str, allow_private: bool) -> None:
     """Raise RefusedTarget unless `url` is http(s) and every address it resolves to is
     allowed. Deliveries check again on the connected socket."""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        # urlsplit drops tabs and newlines; the HTTP client then refuses every delivery
+        raise RefusedTarget("webhook URLs may not contain spaces or control characters "
+                            "(percent-encode them)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -93,7 +97,7 @@ def check_url(url: str, allow_private: bool) -> None:
         raise RefusedTarget(f"the webhook URL is malformed ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RefusedTarget("webhook URLs must be absolute http:// or https:// URLs")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:  # even empty ones: https://:@host/
         raise RefusedTarget("webhook URLs may not carry credentials")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

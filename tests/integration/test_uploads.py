@@ -278,6 +278,10 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
                                         {"part_number": 2, "etag": etags[2]}]})
     assert wrong.status_code == 400, wrong.json
     assert client.get(path, headers=auth(key)).json["status"] == "open"
+    twice = client.post(f"{path}/complete", headers=auth(key), json={"parts": [
+        {"part_number": 1, "etag": etags[1]}, {"part_number": 1, "etag": etags[1]},
+        {"part_number": 2, "etag": etags[2]}]})
+    assert "only once" in twice.json["detail"]  # not "the parts hold more than declared"
     assert client.delete(path, headers=auth(key)).status_code == 204
     assert client.delete(path, headers=auth(key)).status_code == 204  # again: still 204
     assert client.post(f"{path}/complete", headers=auth(key),

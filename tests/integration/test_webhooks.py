@@ -169,6 +169,22 @@ def test_refused_targets(make_stack, url):
     assert client.get("/api/v1/webhooks", headers=auth(key)).json["items"] == []
 
 
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1:8080/hook\r\nX-Injected: 1", "control characters"),
+    ("http://127.0.0.1:8080/a hook", "spaces"),
+    ("http://127.0.0.1:8080/hook\t", "control characters"),
+    ("http://:@127.0.0.1:8080/hook", "credentials"),  # empty, but credentials all the same
+])
+def test_urls_no_delivery_could_use_are_refused_even_where_private_ones_are_allowed(url, reason):
+    """Accepted before (201), then every delivery failed in the HTTP client; urlsplit
+    silently drops CR, LF and tab."""
+    from media.webhooks import RefusedTarget, check_url
+
+    check_url("http://127.0.0.1:8080/hook", allow_private=True)  # the same URL, clean: fine
+    with pytest.raises(RefusedTarget, match=reason):
+        check_url(url, allow_private=True)
+
+
 def test_delivery_refuses_a_private_address_at_connect_time(receiver):
     # As after DNS rebinding: the URL passed the check earlier, now it leads to loopback.
     from media import webhooks

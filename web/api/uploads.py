@@ -229,6 +229,8 @@ def _parts(value) -> list[tuple[int, str]]:
         parts = []
     if not parts:
         raise Problem(400, "Bad parts", 'parts must be a list of {"part_number", "etag"}.')
+    if len({n for n, _ in parts}) != len(parts):
+        raise Problem(400, "Bad parts", "Each part_number may be named only once.")
     return sorted(parts)
 
 
