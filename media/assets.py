@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urljoin
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from media.events import Outbox
-from media.records import Asset, IdempotencyKey, Job, utcnow
+from media.records import Asset, DirectUpload, IdempotencyKey, Job, utcnow
 from media.storage import Storage
 from media.timefmt import aware, rfc3339
 
@@ -260,6 +260,30 @@ def reprocess(session: Session, asset: Asset, outbox: Outbox | None = None) -> l
 def mark_deleted(session: Session, asset: Asset) -> None:
     """Hide the asset at once; its objects and row are removed by the purge task."""
     asset.deleted_at = asset.updated_at = utcnow()
+
+
+# A complete of a direct upload silent this long is taken for dead (its process died, or
+# the database failed under it): another complete, an abort or the sweep may take over.
+COMPLETING_STALE = timedelta(minutes=2)
+
+
+def move_upload(session: Session, upload_id: str, sources: tuple[str, ...], status: str, *,
+                or_stale: bool = False, claimed: datetime | None = None) -> datetime | None:
+    """Move a direct upload to `status` if it is in one of `sources`, in one UPDATE that
+    concurrent requests take in turn: the time it moved (the claim's token), or None.
+    `or_stale`: also take it from a complete silent for COMPLETING_STALE. `claimed`: only
+    if it is `completing` under that token, still ours."""
+    now = utcnow()
+    taken = DirectUpload.status.in_(sources)
+    if or_stale:
+        taken = or_(taken, and_(DirectUpload.status == "completing",
+                                DirectUpload.completed_at < now - COMPLETING_STALE))
+    if claimed is not None:
+        taken = and_(DirectUpload.status == "completing", DirectUpload.completed_at == claimed)
+    moved = session.execute(update(DirectUpload).where(DirectUpload.id == upload_id, taken)
+                            .values(status=status,
+                                    completed_at=None if status == "open" else now))
+    return now if moved.rowcount == 1 else None
 
 
 def find_idempotent(session: Session, tenant_id: str, key: str) -> IdempotencyKey | None:

@@ -67,17 +67,23 @@ def _abort_abandoned(services: Services) -> int:
     left completing (the process died), and any original a complete joined but could not
     record."""
     cutoff = utcnow() - ABANDONED_AFTER
-    with services.db.session() as session:
+    with services.db.session(read_only=True) as session:
         stale = list(session.scalars(
             select(DirectUpload).where(DirectUpload.status.in_(("open", "completing")),
                                        DirectUpload.created_at < cutoff).limit(PURGE_BATCH)
         ))
-        for upload in stale:
-            with contextlib.suppress(FileNotFoundError):  # already gone from the store
-                services.storage.abort_multipart(upload.key, upload.storage_upload_id)
-            services.storage.delete_prefix(asset_prefix(upload.asset_id))
-            upload.status = "aborted"
-    return len(stale)
+    aborted = 0
+    for upload in stale:
+        # Taken as a DELETE takes it: never from a complete still running.
+        with services.db.session() as session:
+            if not assets.move_upload(session, upload.id, ("open",), "aborted",
+                                      or_stale=True):
+                continue
+        with contextlib.suppress(FileNotFoundError):  # already gone from the store
+            services.storage.abort_multipart(upload.key, upload.storage_upload_id)
+        services.storage.delete_prefix(asset_prefix(upload.asset_id))
+        aborted += 1
+    return aborted
 
 
 def _prune(services: Services) -> dict[str, int]:

@@ -211,16 +211,21 @@ def test_sweep_aborts_uploads_abandoned_for_a_day(make_stack, s3_endpoint, corpu
         "status"] == "aborted"
 
 
-@pytest.mark.parametrize("storage", ["file", "s3"])
-def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, corpus, storage):
+@pytest.mark.parametrize(("storage", "database"), [("file", "sqlite"), ("s3", "postgresql")])
+def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, corpus, storage,
+                                                    database, request):
     """Raced, complete and DELETE both answered success (202 and 204, and the asset was
-    processed) or complete a false 503. An upload being completed is now a 409 for the
-    other, and a complete whose process died is taken over once it has gone silent."""
+    processed) or complete a false 503. While one request completes an upload, another
+    complete is told to ask again (503) and a DELETE is refused (409); a complete silent
+    too long (its process died) is taken over."""
     from datetime import timedelta
 
+    from media.assets import COMPLETING_STALE
     from media.records import DirectUpload, utcnow
 
-    stack = make_stack(None, storage, s3_endpoint if storage == "s3" else None, queues=())
+    database_url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    stack = make_stack(database_url, storage, s3_endpoint if storage == "s3" else None,
+                       queues=())
     client, key = stack.client(), stack.create_key("alice")
     services = stack.app.extensions["mediamill"]
     upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg")
@@ -234,11 +239,12 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
 
     completing(utcnow())
     busy = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
-    assert (busy.status_code, busy.json["title"]) == (409, "Upload completing")
+    assert (busy.status_code, busy.json["title"]) == (503, "Upload completing")
+    assert busy.headers["Retry-After"] == "5"
     assert client.delete(path, headers=auth(key)).status_code == 409
     assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
 
-    completing(utcnow() - timedelta(minutes=31))  # its process died
+    completing(utcnow() - COMPLETING_STALE - timedelta(seconds=1))  # its process died
     done = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
     assert done.status_code == 202, done.json
     assert client.delete(path, headers=auth(key)).status_code == 409  # an asset now
@@ -286,6 +292,89 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
     assert client.delete(path, headers=auth(key)).status_code == 204  # again: still 204
     assert client.post(f"{path}/complete", headers=auth(key),
                        json={"parts": parts}).status_code == 409
+
+
+def test_a_complete_taken_over_while_it_ran_does_not_record_the_asset_too(make_stack,
+                                                                        corpus):
+    """A complete slow enough to be taken for dead (a long read) finds, at the end, that
+    another request has taken the upload over (here a DELETE, or the daily sweep): it
+    records nothing, and answers what became of the upload."""
+    from datetime import timedelta
+
+    from media.assets import COMPLETING_STALE
+    from media.records import DirectUpload
+    from web.api import uploads
+
+    stack = make_stack(None, "file", queues=())
+    client, key = stack.client(), stack.create_key("alice")
+    services = stack.app.extensions["mediamill"]
+    celery_app = stack.app.extensions["celery"]
+    celery_app.loader.import_default_modules()
+    inspect = uploads._inspect
+    for other in ("delete", "sweep"):
+        upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg")
+        path = f"/api/v1/uploads/{upload['id']}"
+
+        def slow(row, other=other, upload_id=upload["id"], path=path):
+            found = inspect(row)
+            with services.db.session() as session:  # silent for too long, as if dead
+                found_row = session.get(DirectUpload, upload_id)
+                found_row.completed_at -= COMPLETING_STALE + timedelta(seconds=1)
+                found_row.created_at -= timedelta(hours=25)
+            if other == "delete":
+                assert stack.client().delete(path, headers=auth(key)).status_code == 204
+            else:
+                assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 1
+            return found
+
+        uploads._inspect = slow
+        try:
+            late = client.post(f"{path}/complete", headers=auth(key), json={"parts": [
+                {"part_number": n, "etag": e} for n, e in sorted(etags.items())]})
+        finally:
+            uploads._inspect = inspect
+        assert (late.status_code, late.json["title"]) == (409, "Upload closed"), late.json
+        assert client.get(path, headers=auth(key)).json["status"] == "aborted"
+        assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
+
+
+def test_a_database_fault_while_recording_leaves_the_upload_for_a_retry(make_stack, corpus):
+    """The database failed under a complete: its 503 could not hand the upload back either,
+    so the claim is left to go stale, and then a retry completes it."""
+
+    from sqlalchemy.exc import OperationalError
+
+    from media import assets
+    from media.assets import COMPLETING_STALE
+    from media.records import DirectUpload
+
+    stack = make_stack(None, "file", queues=())
+    client, key = stack.client(), stack.create_key("alice")
+    services = stack.app.extensions["mediamill"]
+    upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg")
+    path, parts = f"/api/v1/uploads/{upload['id']}", [
+        {"part_number": n, "etag": e} for n, e in sorted(etags.items())]
+    move = assets.move_upload
+
+    def down(session, upload_id, sources, status, **kw):
+        if status in ("completed", "open"):  # recording, and handing it back
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return move(session, upload_id, sources, status, **kw)
+
+    assets.move_upload = down
+    try:
+        assert client.post(f"{path}/complete", headers=auth(key),
+                           json={"parts": parts}).status_code == 503
+    finally:
+        assets.move_upload = move
+    assert client.get(path, headers=auth(key)).json["status"] == "completing"
+    assert client.post(f"{path}/complete", headers=auth(key),
+                       json={"parts": parts}).status_code == 503  # ask again in a moment
+    with services.db.session() as session:
+        session.get(DirectUpload, upload["id"]).completed_at -= COMPLETING_STALE
+    done = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
+    assert done.status_code == 202, done.json
+    assert client.get(path, headers=auth(key)).json["status"] == "completed"
 
 
 def test_complete_and_abort_sent_together_never_both_succeed(make_stack, corpus):

@@ -8,16 +8,17 @@ storage the part links point at `PUT /files/uploads/...` on this service instead
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-from datetime import timedelta
+from datetime import datetime
 
 from flask import Blueprint, Response, g, jsonify, request
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 
 from media import assets
 from media.errors import UnsupportedMedia
 from media.hashing import HashingStream
-from media.records import DirectUpload, after_commit, asset_prefix, new_id, utcnow
+from media.records import DirectUpload, after_commit, asset_prefix, new_id
 from media.sniff import SNIFF_BYTES, sniff
 from media.storage import MAX_PARTS, BadParts
 from tasks.pipeline import enqueue
@@ -30,13 +31,13 @@ from web.extensions import base_url, celery, services
 from web.files import signed_storage
 
 bp = Blueprint("uploads", __name__, url_prefix="/api/v1/uploads")
+log = logging.getLogger(__name__)
 parts_bp = Blueprint("upload_parts", __name__)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 8 * MiB  # S3 needs >= 5 MiB; 8 MiB keeps requests few and retries cheap
 PART_URL_TTL = 3600
 SIGN_BATCH = 100
-COMPLETING_STALE = timedelta(minutes=30)  # a complete reads all of the file, once
 
 
 def part_size_for(size: int) -> int:
@@ -111,40 +112,44 @@ def complete(upload_id: str):
     webhook_url = upload_target(body.get("webhook_url"))
     # One complete or abort at a time: raced, both answered success (204 and 202, and the
     # asset was processed), or the complete a false 503.
-    if not _move(upload.id, ("open",), "completing", or_stale=True):
+    claimed = _move(upload.id, ("open",), "completing", or_stale=True)
+    if claimed is None:
         return _closed(upload_id)
     storage = services().storage
     try:
         if not storage.exists(upload.key):  # else joined by a complete that did not record it
             _join(upload, parts)
     except FileNotFoundError:  # aborted in storage, or expired by a lifecycle rule
-        _move(upload.id, ("completing",), "aborted")
+        _release(upload.id, claimed, "aborted")
         raise Problem(409, "Upload closed", "Storage no longer holds this upload's parts; "
                       "start a new one.") from None
     except BaseException:
-        _move(upload.id, ("completing",), "open")  # fixed parts may complete it yet
+        _release(upload.id, claimed, "open")  # fixed parts may complete it yet
         raise
     try:
         found, size, sha256 = _inspect(upload)
     except Problem:  # empty, or not media we can process: refused for good
-        storage.delete_prefix(asset_prefix(upload.asset_id))
-        _move(upload.id, ("completing",), "aborted")
+        if _release(upload.id, claimed, "aborted"):
+            storage.delete_prefix(asset_prefix(upload.asset_id))
         raise
     except BaseException:  # storage failed while reading it back: a retry reads it again
-        _move(upload.id, ("completing",), "open")
+        _release(upload.id, claimed, "open")
         raise
     stored = assets.Upload(upload.asset_id, found.kind, found.content_type, upload.filename,
                            size, sha256)
     try:
         with services().db.session() as session:
+            # Still ours: a complete silent too long (a slow read) was taken over.
+            if not assets.move_upload(session, upload.id, (), "completed", claimed=claimed):
+                raise _Overtaken
             asset = assets.create(session, g.tenant_id, stored, webhook_url,
                                   services().outbox, public_url=base_url())
-            row = session.get(DirectUpload, upload.id, with_for_update=True)
-            row.status, row.completed_at = "completed", utcnow()
             jobs = list(asset.jobs)
             after_commit(session, lambda: enqueue(celery(), jobs))
+    except _Overtaken:
+        return _closed(upload_id)
     except BaseException:
-        _move(upload.id, ("completing",), "open")  # the object is stored: a retry records it
+        _release(upload.id, claimed, "open")  # the object is stored: a retry records it
         raise
     return _asset_answer(upload.asset_id)
 
@@ -154,7 +159,7 @@ def complete(upload_id: str):
 def abort(upload_id: str):
     """Abort the upload and free its parts: 204 (again for an upload already aborted)."""
     upload = _get_or_404(upload_id)
-    if not _move(upload.id, ("open", "aborted"), "aborted", or_stale=True):
+    if _move(upload.id, ("open", "aborted"), "aborted", or_stale=True) is None:
         return _closed(upload_id)
     storage = services().storage
     storage.abort_multipart(upload.key, upload.storage_upload_id)
@@ -255,35 +260,44 @@ def _open_or_409(upload: DirectUpload) -> DirectUpload:
     return upload
 
 
+class _Overtaken(Exception):
+    """This complete's claim on the upload was taken over while it ran."""
+
+
 def _move(upload_id: str, sources: tuple[str, ...], status: str,
-          or_stale: bool = False) -> bool:
-    """Move the upload to `status` if it is in one of `sources`, in one statement that
-    concurrent requests take in turn: whether it moved. `or_stale`: also take it over from a
-    complete gone silent for COMPLETING_STALE (its process died)."""
-    now = utcnow()
-    taken = DirectUpload.status.in_(sources)
-    if or_stale:
-        taken = or_(taken, and_(DirectUpload.status == "completing",
-                                DirectUpload.completed_at < now - COMPLETING_STALE))
+          or_stale: bool = False) -> datetime | None:
+    """`assets.move_upload` in a transaction of its own."""
     with services().db.session() as session:
-        moved = session.execute(update(DirectUpload).where(DirectUpload.id == upload_id, taken)
-                                .values(status=status,
-                                        completed_at=None if status == "open" else now))
-        return moved.rowcount == 1
+        return assets.move_upload(session, upload_id, sources, status, or_stale=or_stale)
+
+
+def _release(upload_id: str, claimed: datetime, status: str) -> bool:
+    """Give up this complete's claim, to `status`, if it still holds it. Best effort: if
+    the database is what failed, the claim goes stale and the next complete takes over."""
+    try:
+        with services().db.session() as session:
+            return assets.move_upload(session, upload_id, (), status,
+                                      claimed=claimed) is not None
+    except Exception as exc:  # noqa: BLE001 - the error being answered matters more
+        log.warning("upload %s: could not release its claim: %s", upload_id, exc)
+        return False
 
 
 def _closed(upload_id: str):
-    """The answer to a complete or abort that found the upload no longer open."""
+    """The answer to a complete or abort that found the upload not open."""
     upload = _get_or_404(upload_id)
     if upload.status == "completed":
-        if request.method == "POST":  # a complete raced by another: its asset
+        if request.method == "POST":  # completed by another request: its asset
             return _asset_answer(upload.asset_id)
         raise Problem(409, "Upload completed", "This upload became an asset; delete the "
                       f"asset {upload.asset_id} instead.")
-    if upload.status == "completing":
+    if upload.status == "aborted":
+        raise Problem(409, "Upload closed", "This upload was aborted; start a new one.")
+    if request.method == "DELETE":
         raise Problem(409, "Upload completing", "Another request is completing this upload; "
-                      "ask for it with GET /api/v1/uploads/{id} in a moment.")
-    raise Problem(409, "Upload closed", f"This upload is {upload.status}; start a new one.")
+                      "delete the asset it becomes instead.")
+    raise Problem(503, "Upload completing", "Another request is completing this upload; "
+                  "ask again in a moment.", {"Retry-After": "5"})
 
 
 def _asset_answer(asset_id: str):
