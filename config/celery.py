@@ -16,8 +16,11 @@ ROUTES = {
     "video.*": {"queue": "video"},
     "metadata.*": {"queue": "metadata"},
     "webhooks.*": {"queue": "webhooks"},
-    # Upkeep is light I/O; it rides on the metadata pool rather than needing a fifth one.
-    "upkeep.*": {"queue": "metadata"},
+    # Upkeep is light I/O: it rides on the webhooks pool (threads) rather than needing a
+    # fifth one. On the metadata pool it waited behind jobs that each read a whole original
+    # (900 s limit): a DELETE's objects stayed past the contract's 30 s, and the sweep that
+    # re-sends a killed worker's jobs did not run.
+    "upkeep.*": {"queue": "webhooks"},
 }
 
 # (soft, hard) seconds per processing task. The soft limit lets the task fail the job with

@@ -138,7 +138,7 @@ def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path
     port = free_port()
     redis_proc = start_redis(port, tmp_path)
     try:
-        stack = make_stack(queues=("thumbnails", "metadata"), beat=True, extra_env={
+        stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), beat=True, extra_env={
             "REDIS_URL": f"redis://127.0.0.1:{port}/0", "MEDIAMILL_JOB_STALE_SECONDS": "5"})
         key = stack.create_key("alice")
         client = stack.client()
