@@ -72,6 +72,8 @@ def celery_config(settings: Settings) -> dict:
         "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
         "beat_schedule": {
             "upkeep.sweep": {"task": "upkeep.sweep", "schedule": timedelta(seconds=30)},
+            "upkeep.free_interrupted": {"task": "upkeep.free_interrupted",
+                                        "schedule": timedelta(hours=1)},
             "webhooks.dispatch": {"task": "webhooks.dispatch",
                                   "schedule": timedelta(seconds=5)},
         },

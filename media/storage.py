@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlencode, urlsplit
@@ -53,6 +54,7 @@ class Storage(Protocol):
     def complete_multipart(self, key: str, upload_id: str,
                            parts: list[tuple[int, str]]) -> None: ...
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    def free_interrupted(self, before: datetime, keep: set[str]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class StoredPart:
 
 class BadParts(ValueError):
     """The parts named to complete an upload are missing or do not match what is stored."""
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone already: nothing to free
 
 
 def check_key(key: str) -> str:
@@ -241,6 +250,21 @@ class FileStorage:
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop an upload's parts; aborting a finished or unknown upload is not an error."""
         shutil.rmtree(self._parts_dir(upload_id), ignore_errors=True)
+
+    def free_interrupted(self, before: datetime, keep: set[str]) -> int:
+        """Free what writes cut off before `before` left (their process was killed): part
+        folders of multipart uploads other than `keep` (upload ids), and temporary files.
+        Return how many."""
+        cutoff = before.timestamp()
+        stale = [p for p in (self.root / ".multipart").glob("*")
+                 if p.name not in keep and _mtime(p) < cutoff]
+        stale += [p for p in self.root.glob("assets/*/.upload-*") if _mtime(p) < cutoff]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return len(stale)
 
     def _parts_dir(self, upload_id: str) -> Path:
         if not _UPLOAD_ID.match(upload_id):
@@ -418,6 +442,24 @@ class S3Storage:
         with contextlib.suppress(FileNotFoundError), _translated(key):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key),
                                                UploadId=upload_id)
+
+    def free_interrupted(self, before: datetime, keep: set[str]) -> int:
+        """Abort the multipart uploads under assets/ started before `before`, other than
+        `keep` (upload ids): those of uploads cut off by a killed process, whose parts S3
+        keeps, and bills, until aborted. Return how many."""
+        aborted = 0
+        with _translated("assets"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + "assets/")
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["UploadId"] in keep or upload["Initiated"] >= before:
+                        continue
+                    with contextlib.suppress(FileNotFoundError), _translated(upload["Key"]):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+        return aborted
 
     def set_cors(self, origins: list[str]) -> bool:
         """Let browsers on `origins` PUT parts and read their ETag (the upload site).

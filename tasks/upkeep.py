@@ -51,6 +51,18 @@ def sweep(self) -> dict:
             "abandoned": _abort_abandoned(services), **_prune(services)}
 
 
+@shared_task(name="upkeep.free_interrupted", bind=True)
+def free_interrupted(self) -> int:
+    """Free the storage that writes cut off a day ago or more left behind: a web process
+    killed mid-upload leaves an unfinished multipart upload (S3 keeps its parts, and bills
+    them) or a temporary file. Direct uploads still open are kept. Hourly, from beat."""
+    services = self.app.services
+    with services.db.session(read_only=True) as session:
+        keep = set(session.scalars(select(DirectUpload.storage_upload_id).where(
+            DirectUpload.status.in_(("open", "completing")))))
+    return services.storage.free_interrupted(utcnow() - ABANDONED_AFTER, keep)
+
+
 def _purge_deleted(services: Services) -> int:
     cutoff = utcnow() - timedelta(seconds=10)
     with services.db.session() as session:
