@@ -214,7 +214,7 @@ def test_sweep_aborts_uploads_abandoned_for_a_day(make_stack, s3_endpoint, corpu
 
 @pytest.mark.parametrize(("storage", "database"), [("file", "sqlite"), ("s3", "postgresql")])
 def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, corpus, storage,
-                                                    database, request):
+                                                    database, request, monkeypatch):
     """Raced, complete and DELETE both answered success (202 and 204, and the asset was
     processed) or complete a false 503. While one request completes an upload, another
     complete is told to ask again (503) and a DELETE is refused (409); a complete silent
@@ -260,18 +260,14 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
     upload, etags = upload_direct(client, key, data, "c.jpg")
     path, parts = f"/api/v1/uploads/{upload['id']}", [
         {"part_number": n, "etag": e} for n, e in sorted(etags.items())]
-    inspect = uploads._inspect
 
     def failing(row):
-        uploads._inspect = inspect
         raise StorageUnavailable("storage answered SlowDown")
 
-    uploads._inspect = failing
-    try:
-        assert client.post(f"{path}/complete", headers=auth(key),
-                           json={"parts": parts}).status_code == 503
-    finally:
-        uploads._inspect = inspect
+    monkeypatch.setattr(uploads, "_inspect", failing)
+    assert client.post(f"{path}/complete", headers=auth(key),
+                       json={"parts": parts}).status_code == 503
+    monkeypatch.undo()
     assert client.get(path, headers=auth(key)).json["status"] == "open"
     retried = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
     assert retried.status_code == 202, retried.json
@@ -295,8 +291,8 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
                        json={"parts": parts}).status_code == 409
 
 
-def test_a_complete_taken_over_while_it_ran_does_not_record_the_asset_too(make_stack,
-                                                                        corpus):
+def test_a_complete_taken_over_while_it_ran_does_not_record_the_asset_too(make_stack, corpus,
+                                                                        monkeypatch):
     """A complete slow enough to be taken for dead (a long read) finds, at the end, that
     another request has taken the upload over (here a DELETE, or the daily sweep): it
     records nothing, and answers what became of the upload."""
@@ -328,18 +324,17 @@ def test_a_complete_taken_over_while_it_ran_does_not_record_the_asset_too(make_s
                 assert celery_app.tasks["upkeep.sweep"].apply().get()["abandoned"] == 1
             return found
 
-        uploads._inspect = slow
-        try:
-            late = client.post(f"{path}/complete", headers=auth(key), json={"parts": [
-                {"part_number": n, "etag": e} for n, e in sorted(etags.items())]})
-        finally:
-            uploads._inspect = inspect
+        monkeypatch.setattr(uploads, "_inspect", slow)
+        late = client.post(f"{path}/complete", headers=auth(key), json={"parts": [
+            {"part_number": n, "etag": e} for n, e in sorted(etags.items())]})
+        monkeypatch.undo()
         assert (late.status_code, late.json["title"]) == (409, "Upload closed"), late.json
         assert client.get(path, headers=auth(key)).json["status"] == "aborted"
         assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
 
 
-def test_a_database_fault_while_recording_leaves_the_upload_for_a_retry(make_stack, corpus):
+def test_a_database_fault_while_recording_leaves_the_upload_for_a_retry(make_stack, corpus,
+                                                                        monkeypatch):
     """The database failed under a complete: its 503 could not hand the upload back either,
     so the claim is left to go stale, and then a retry completes it."""
 
@@ -362,12 +357,10 @@ def test_a_database_fault_while_recording_leaves_the_upload_for_a_retry(make_sta
             raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
         return move(session, upload_id, sources, status, **kw)
 
-    assets.move_upload = down
-    try:
-        assert client.post(f"{path}/complete", headers=auth(key),
-                           json={"parts": parts}).status_code == 503
-    finally:
-        assets.move_upload = move
+    monkeypatch.setattr(assets, "move_upload", down)
+    assert client.post(f"{path}/complete", headers=auth(key),
+                       json={"parts": parts}).status_code == 503
+    monkeypatch.undo()
     assert client.get(path, headers=auth(key)).json["status"] == "completing"
     assert client.post(f"{path}/complete", headers=auth(key),
                        json={"parts": parts}).status_code == 503  # ask again in a moment
