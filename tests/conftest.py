@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,19 +56,16 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
-def stop_all(procs: list[subprocess.Popen], timeout: float = 10) -> None:
-    """Stop processes together: a Celery worker's warm shutdown takes a few seconds, and
-    one after the other a stack's took about 8 s per test."""
-    running = [proc for proc in procs if proc.poll() is None]
-    for proc in running:
-        proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in running:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """Kill processes started in sessions of their own, with all their children, at once.
+    For a test's cleanup only: a Celery worker's warm shutdown took about 3 s per stack
+    (over 2 min of a run), and each stack's broker is emptied before it starts."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
 
 
 def pytest_configure(config) -> None:
@@ -279,7 +277,7 @@ def make_stack(tmp_path, redis_server, request):
         return Stack(env, settings, app, workers, tmp, started)
 
     yield make
-    stop_all(started, timeout=15)
+    kill_all(started)
     for log in tmp_path.glob("stack*/worker-*.log"):
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             sys.stderr.write(f"\n--- {log} ---\n{log.read_text()[-4000:]}\n")
