@@ -268,19 +268,28 @@ COMPLETING_STALE = timedelta(minutes=2)
 
 
 def move_upload(session: Session, upload_id: str, sources: tuple[str, ...], status: str, *,
-                or_stale: bool = False, claimed: datetime | None = None) -> datetime | None:
+                or_stale: bool = False) -> datetime | None:
     """Move a direct upload to `status` if it is in one of `sources`, in one UPDATE that
-    concurrent requests take in turn: the time it moved (the claim's token), or None.
-    `or_stale`: also take it from a complete silent for COMPLETING_STALE. `claimed`: only
-    if it is `completing` under that token, still ours."""
+    concurrent requests take in turn: the time it moved (a claim's token), or None.
+    `or_stale`: also take it from a complete silent for COMPLETING_STALE."""
     now = utcnow()
     taken = DirectUpload.status.in_(sources)
     if or_stale:
         taken = or_(taken, and_(DirectUpload.status == "completing",
                                 DirectUpload.completed_at < now - COMPLETING_STALE))
-    if claimed is not None:
-        taken = and_(DirectUpload.status == "completing", DirectUpload.completed_at == claimed)
-    moved = session.execute(update(DirectUpload).where(DirectUpload.id == upload_id, taken)
+    return _set_upload(session, upload_id, taken, status, now)
+
+
+def release_upload(session: Session, upload_id: str, claimed: datetime, status: str) -> bool:
+    """Move a `completing` upload to `status` if the claim made at `claimed` still holds
+    it (no other request took it over): whether it moved."""
+    held = and_(DirectUpload.status == "completing", DirectUpload.completed_at == claimed)
+    return _set_upload(session, upload_id, held, status, utcnow()) is not None
+
+
+def _set_upload(session: Session, upload_id: str, condition, status: str,
+                now: datetime) -> datetime | None:
+    moved = session.execute(update(DirectUpload).where(DirectUpload.id == upload_id, condition)
                             .values(status=status,
                                     completed_at=None if status == "open" else now))
     return now if moved.rowcount == 1 else None

@@ -350,14 +350,10 @@ def test_a_database_fault_while_recording_leaves_the_upload_for_a_retry(make_sta
     upload, etags = upload_direct(client, key, padded_jpeg(corpus, 9 * MiB), "a.jpg")
     path, parts = f"/api/v1/uploads/{upload['id']}", [
         {"part_number": n, "etag": e} for n, e in sorted(etags.items())]
-    move = assets.move_upload
+    def down(session, upload_id, claimed, status):  # recording, and handing it back
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
 
-    def down(session, upload_id, sources, status, **kw):
-        if status in ("completed", "open"):  # recording, and handing it back
-            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
-        return move(session, upload_id, sources, status, **kw)
-
-    monkeypatch.setattr(assets, "move_upload", down)
+    monkeypatch.setattr(assets, "release_upload", down)
     assert client.post(f"{path}/complete", headers=auth(key),
                        json={"parts": parts}).status_code == 503
     monkeypatch.undo()

@@ -140,7 +140,7 @@ def complete(upload_id: str):
     try:
         with services().db.session() as session:
             # Still ours: a complete silent too long (a slow read) was taken over.
-            if not assets.move_upload(session, upload.id, (), "completed", claimed=claimed):
+            if not assets.release_upload(session, upload.id, claimed, "completed"):
                 raise _Overtaken
             asset = assets.create(session, g.tenant_id, stored, webhook_url,
                                   services().outbox, public_url=base_url())
@@ -276,8 +276,7 @@ def _release(upload_id: str, claimed: datetime, status: str) -> bool:
     the database is what failed, the claim goes stale and the next complete takes over."""
     try:
         with services().db.session() as session:
-            return assets.move_upload(session, upload_id, (), status,
-                                      claimed=claimed) is not None
+            return assets.release_upload(session, upload_id, claimed, status)
     except Exception as exc:  # noqa: BLE001 - the error being answered matters more
         log.warning("upload %s: could not release its claim: %s", upload_id, exc)
         return False
