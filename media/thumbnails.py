@@ -581,6 +581,8 @@ class _JpegRows:
         (_, extents, offset, args), (width, height) = image.tile[0], image.size
         # private: a shared mapping keeps the pages it is told it does not need
         memory = mmap.mmap(-1, width * height * 4, flags=mmap.MAP_PRIVATE)
+        with contextlib.suppress(AttributeError, OSError):  # no THP: 4 KiB pages
+            memory.madvise(mmap.MADV_HUGEPAGE)
         try:  # Pillow's own building blocks, as ImageFile.load and Image.frombuffer use them
             core = Image.core.map_buffer(memory, image.size, "raw", 0, ("RGB", 0, 1))
             target = Image.new("RGB", (0, 0))._new(core)
@@ -607,7 +609,7 @@ class _JpegRows:
         """An image holding source rows lo..hi-1, and 0: the row its first row is. Rows
         before `lo` are given back, so each call must start at or after the last one's."""
         self._decode_to(hi - 1)
-        released = lo * self._stride // mmap.PAGESIZE * mmap.PAGESIZE
+        released = lo * self._stride // _RELEASE_STEP * _RELEASE_STEP
         if released > self._released and hasattr(self._memory, "madvise"):
             self._memory.madvise(mmap.MADV_DONTNEED, self._released,
                                  released - self._released)
@@ -638,6 +640,7 @@ _JPEG_ROWS = _PILLOW_MAJOR in _CHECKED_PILLOW_MAJORS and sys.platform == "linux"
 # Below this (bytes decoded), memory that is mapped and handed back costs more than it saves
 _JPEG_ROWS_FROM = 8 * 2**20
 _JPEG_MAX_PENDING = 2**20
+_RELEASE_STEP = 2 * 2**20
 _CORRUPT = ("The image is truncated or corrupt and cannot be decoded: export or upload the "
             "complete file again.")
 _MAX_STRIP_BYTES = 16 * 2**20  # a 12 MP photo's strips are about 4 MB
