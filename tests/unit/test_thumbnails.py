@@ -506,6 +506,36 @@ def test_big_png_streamed_in_strips_matches_a_whole_decode(tmp_path, kind):
         assert ImageStat.Stat(ImageChops.difference(a, b)).mean[0] < 0.1
 
 
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+@pytest.mark.parametrize("kind", ["RGB", "L", "gradient"])
+def test_png_strips_hold_exactly_the_rows_pillow_decodes(tmp_path, monkeypatch, kind,
+                                                        inflater):
+    """Bit for bit, with either inflater: ISA-L's, which may hold output back when it stops
+    at the length asked for with all its input taken (a smooth gradient's last rows), or
+    zlib's (where ISA-L has no wheel)."""
+    monkeypatch.setattr(thumbnails, "_inflating",
+                        pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib)
+    if kind == "gradient":
+        path = tmp_path / "gradient.png"
+        Image.linear_gradient("L").resize((300, 200)).save(path)
+    else:
+        path = _big_png(tmp_path, kind)
+    with Image.open(path) as image:
+        whole = image.convert("RGB")
+    width, height = whole.size
+    step = height // 8
+    seen = 0
+    with (thumbnails.open_image(path) as image,
+          thumbnails._PngStrips.open(image, (width // 2, height // 2)) as strips):
+        for lo in range(0, height, step):  # overlapping, as bands with margins are asked
+            strip, origin = strips.rows(lo, min(height, lo + step + 10))
+            assert origin == max(0, lo - 1)
+            expected = whole.crop((0, origin, width, origin + strip.height))
+            assert strip.convert("RGB").tobytes() == expected.tobytes()
+            seen = origin + strip.height
+    assert seen == height
+
+
 @pytest.mark.parametrize("simd", [True, False], ids=["simd", "pillow"])
 @pytest.mark.parametrize("kind", ["RGB", "L", "RGBA", "LA"])
 def test_banded_resize_matches_one_resize_of_the_whole_image(tmp_path, monkeypatch, kind,
