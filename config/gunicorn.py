@@ -6,16 +6,23 @@ time one exited, or halt with a traceback of its own.
 
 It also makes the few answers gunicorn gives by itself, before Flask sees the request (a
 request line over 4094 bytes: 414, headers over 8 KB: 431, a malformed request: 400),
-problem+json like every other error, instead of gunicorn's HTML page."""
+problem+json like every other error, instead of gunicorn's HTML page; and it holds the
+worker class the Procfile names, `config.gunicorn.ThreadWorker`: gunicorn's gthread worker
+with a deadline for each request's headers."""
 
 import json
+import socket
+import time
 
 from gunicorn import util
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers import gthread
 
 from config.settings import load
 from media.services import Services
 
-_services = Services.from_settings(load())  # or one line naming the variable, and exit 3
+_settings = load()  # or one line naming the variable, and exit 3
+_services = Services.from_settings(_settings)
 _services.prepare(storage=True)  # or one line naming DATABASE_URL or storage, and exit 3
 _services.db.dispose()  # the workers, forked later, make their own connections
 del _services
@@ -31,3 +38,73 @@ def _write_problem(sock, status_int, reason, mesg):
 
 
 util.write_error = _write_problem
+
+
+class _ClientSocket(socket.socket):
+    """A client connection whose request line and headers must all arrive within
+    `header_timeout` seconds. gunicorn's gthread worker reads them in one of its threads,
+    from a request's first byte on, with blocking reads and no timeout: a client that sent a
+    header line now and then (slowloris) held a thread for as long as it liked, and as many
+    such clients as there are threads stopped the web process. Past the deadline the client
+    gets a 408 and the connection is closed without waiting for it. The deadline starts when
+    a thread takes the request (gunicorn then makes the socket blocking) and ends when the
+    request reaches the app, where BodyGuard sets the body's own timeout."""
+
+    __slots__ = ("_deadline", "_ended")
+    header_timeout = float(_settings.request_header_timeout)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: float | None = None
+        self._ended = False
+
+    def setblocking(self, flag: bool) -> None:
+        if self.fileno() == -1:  # closed in the worker's thread already (ThreadWorker.handle)
+            return
+        super().setblocking(flag)
+        self._deadline = time.monotonic() + self.header_timeout if flag else None
+
+    def settimeout(self, value: float | None) -> None:
+        super().settimeout(value)
+        self._deadline = None
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self._ended:  # what is still coming from a client that was too slow: not read
+            return b""
+        if self._deadline is None:
+            return super().recv(bufsize, flags)
+        try:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            super().settimeout(left)  # the deadline holds
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            self._deadline, self._ended = None, True
+            util.write_error(self, 408, "Request Timeout", f"The request line and headers did "
+                             f"not arrive within {self.header_timeout:g} s.")
+            raise NoMoreData() from None  # gunicorn closes the connection, logging nothing
+
+
+class ThreadWorker(gthread.ThreadWorker):
+    """gunicorn's gthread worker, each client socket a _ClientSocket (a TLS one, which
+    gunicorn wraps later, keeps no deadline: terminate TLS in front of it), and each
+    connection closed in the thread that served it."""
+
+    def enqueue_req(self, conn) -> None:
+        if type(conn.sock) is socket.socket:  # just accepted
+            plain = conn.sock
+            conn.sock = _ClientSocket(plain.family, plain.type, plain.proto, plain.detach())
+            conn.sock.setblocking(False)  # as gunicorn left it
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        keepalive = super().handle(conn)
+        if keepalive is False and isinstance(conn.sock, _ClientSocket):
+            # gunicorn lingers on a connection it closes, for up to 2 s until the client
+            # closes too (RFC 9112 9.6), on the worker's main thread, which accepts and
+            # dispatches every connection: each client that never closed stalled them all
+            # for 2 s. Here it lingers in this thread; the main thread's close is then a
+            # no-op.
+            conn.close(graceful=True)
+        return keepalive

@@ -50,6 +50,7 @@ class Settings:
     log_format: str = "json"
     signed_url_ttl: int = 3600
     request_body_timeout: int = 60  # seconds a request body may stall before a 408
+    request_header_timeout: int = 30  # seconds for a request's line and headers, all told
     thumbnail_boxes: tuple[int, ...] = (2048, 1024, 256)
     thumbnail_formats: tuple[str, ...] = ("webp", "jpeg")
     thumbnail_quality: tuple[tuple[str, int], ...] = (("webp", 80), ("jpeg", 85), ("avif", 60))
@@ -92,6 +93,7 @@ class Settings:
         take("MEDIAMILL_JOB_STALE_SECONDS", "job_stale_seconds", _positive_int)
         take("MEDIAMILL_LOG_FORMAT", "log_format", _log_format)
         take("MEDIAMILL_REQUEST_BODY_TIMEOUT", "request_body_timeout", _positive_int)
+        take("MEDIAMILL_REQUEST_HEADER_TIMEOUT", "request_header_timeout", _positive_int)
         take("MEDIAMILL_THUMBNAIL_BOXES", "thumbnail_boxes", _boxes)
         take("MEDIAMILL_THUMBNAIL_FORMATS", "thumbnail_formats", _formats)
         take("MEDIAMILL_THUMBNAIL_QUALITY", "thumbnail_quality", _qualities)

@@ -1,9 +1,11 @@
-"""Request bodies that never arrive whole, sent to the web process as the Procfile runs it
+"""Requests that never arrive whole, sent to the web process as the Procfile runs it
 (gunicorn, gthread): a malformed chunked body is a 400, a stalled one a 408, and neither
-costs a web thread for longer than MEDIAMILL_REQUEST_BODY_TIMEOUT."""
+costs a web thread for longer than MEDIAMILL_REQUEST_BODY_TIMEOUT; headers sent a line at
+a time cost it no longer than MEDIAMILL_REQUEST_HEADER_TIMEOUT all told."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from tests.conftest import ROOT, free_port, make_bucket, stack_env, stop, wait_f
 pytestmark = pytest.mark.integration
 
 STALL = 1  # MEDIAMILL_REQUEST_BODY_TIMEOUT for these tests
+HEADERS = 2  # MEDIAMILL_REQUEST_HEADER_TIMEOUT
 THREADS = 2
 
 
@@ -30,6 +33,7 @@ def web(tmp_path_factory, redis_server, s3_endpoint):
     env = stack_env(tmp, redis_server, 15, f"sqlite:///{tmp / 'db.sqlite'}",
                     f"s3://{make_bucket(s3_endpoint)}", s3_endpoint)
     env["MEDIAMILL_REQUEST_BODY_TIMEOUT"] = str(STALL)
+    env["MEDIAMILL_REQUEST_HEADER_TIMEOUT"] = str(HEADERS)
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "flask"), "--app", "web", "release"], env=env, cwd=ROOT,
                    capture_output=True, timeout=60, check=True)
@@ -42,7 +46,7 @@ def web(tmp_path_factory, redis_server, s3_endpoint):
         proc = subprocess.Popen(
             [str(bin_dir / "gunicorn"), "web:create_app()", "--config",
              "python:config.gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class",
-             "gthread", "--workers", "1", "--threads", str(THREADS)],
+             "config.gunicorn.ThreadWorker", "--workers", "1", "--threads", str(THREADS)],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok,
@@ -129,6 +133,65 @@ def test_stalled_bodies_end_in_a_408_and_never_starve_the_web_process(web):
             assert (status, problem["title"]) == (408, "Request Timeout"), problem
     finally:
         for sock in stalled:
+            sock.close()
+
+
+def test_headers_sent_a_line_at_a_time_end_in_a_408_and_never_starve_the_web_process(web):
+    """Slowloris: more clients than threads, each sending a header line every 0.3 s (well
+    within any wait between reads) and never the blank line that ends them. Each gets a 408
+    once HEADERS seconds have passed, and the service answers others meanwhile; a client
+    that sends its headers slowly but within the deadline is served."""
+    port, key = web
+    slow = []
+    try:
+        for _ in range(THREADS * 3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        started = time.monotonic()
+        polite = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow_but_in_time = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"]
+        served = False
+        for n in range(int(HEADERS * 2 / 0.3) + 1):
+            for sock in slow:
+                with contextlib.suppress(OSError):  # closed by the server: the 408 is read below
+                    sock.sendall(b"X-Slow-%d: 1\r\n" % n)
+            if slow_but_in_time:
+                polite.sendall(slow_but_in_time.pop(0))
+            if not served and time.monotonic() - started > HEADERS + 0.5:
+                # every thread held by the slow clients until their deadline: served now
+                assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).ok
+                served = True
+            time.sleep(0.3)
+        assert served
+        for sock in slow:
+            status, problem = _answer(sock)
+            assert (status, problem["title"]) == (408, "Request Timeout"), problem
+            assert f"{HEADERS} s" in problem["detail"]
+        polite_answer = polite.recv(65536)
+        assert polite_answer.startswith(b"HTTP/1.1 200 "), polite_answer[:300]
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_client_that_never_closes_does_not_hold_up_other_connections(web):
+    """gunicorn lingers up to 2 s on each connection it closes until the client closes too;
+    on its main thread, that held up every other connection each time. Here the lingering
+    costs one thread, and with a thread free others are served at once."""
+    port, _ = web
+    silent = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            silent.append(sock)  # read its answer, and never closes
+            # 1.5 s: under the 2 s gunicorn lingers, far above what serving /healthz takes
+            assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1.5).ok
+            time.sleep(2.2)  # the lingering thread is free again
+    finally:
+        for sock in silent:
             sock.close()
 
 

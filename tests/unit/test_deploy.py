@@ -65,5 +65,8 @@ def test_dockerfile_is_slim_non_root_with_ffmpeg():
     assert re.search(r"apt-get install .*--no-install-recommends ffmpeg", dockerfile)
     user = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert user and user[-1] not in ("root", "0")
-    # the web command in the image is the Procfile's, gunicorn's gthread workers included
-    assert "--worker-class gthread" in dockerfile
+    # the web command in the image is the Procfile's, its worker class (gthread with a
+    # deadline for headers) included
+    procfile = (ROOT / "Procfile").read_text()
+    worker = "--worker-class config.gunicorn.ThreadWorker"
+    assert worker in dockerfile and worker in procfile
