@@ -243,12 +243,18 @@ def test_complete_and_abort_take_the_upload_in_turn(make_stack, s3_endpoint, cor
     assert (busy.status_code, busy.json["title"]) == (503, "Upload completing")
     assert busy.headers["Retry-After"] == "5"
     assert client.delete(path, headers=auth(key)).status_code == 409
+    signing = client.post(f"{path}/parts", headers=auth(key), json={"part_numbers": [1]})
+    assert (signing.status_code, signing.json["title"]) == (409, "Upload completing")
+    assert "start a new one" not in signing.json["detail"]  # it may yet be open again
     assert client.get("/api/v1/assets", headers=auth(key)).json["items"] == []
 
     completing(utcnow() - COMPLETING_STALE - timedelta(seconds=1))  # its process died
     done = client.post(f"{path}/complete", headers=auth(key), json={"parts": parts})
     assert done.status_code == 202, done.json
     assert client.delete(path, headers=auth(key)).status_code == 409  # an asset now
+    signing = client.post(f"{path}/parts", headers=auth(key), json={"part_numbers": [1]})
+    assert (signing.status_code, signing.json["title"]) == (409, "Upload completed")
+    assert done.json["id"] in signing.json["detail"]
 
     # Storage failing while the joined file is read back: a 503, and the upload stays open
     # with its file, which a retry reads again (before, the file was deleted and the

@@ -255,6 +255,13 @@ def _get_or_404(upload_id: str) -> DirectUpload:
 
 
 def _open_or_409(upload: DirectUpload) -> DirectUpload:
+    if upload.status == "completing":
+        raise Problem(409, "Upload completing", "Another request is completing this upload: "
+                      "its parts can no longer change. Should that fail, the upload is open "
+                      "again.")
+    if upload.status == "completed":
+        raise Problem(409, "Upload completed", f"This upload became the asset "
+                      f"{upload.asset_id}.")
     if upload.status != "open":
         raise Problem(409, "Upload closed", f"This upload is {upload.status}; start a new one.")
     return upload
