@@ -10,6 +10,7 @@ problem+json like every other error, instead of gunicorn's HTML page; and it hol
 worker class the Procfile names, `config.gunicorn.ThreadWorker`: gunicorn's gthread worker
 with a deadline for each request's headers."""
 
+import contextlib
 import json
 import socket
 import time
@@ -46,43 +47,66 @@ class _ClientSocket(socket.socket):
     from a request's first byte on, with blocking reads and no timeout: a client that sent a
     header line now and then (slowloris) held a thread for as long as it liked, and as many
     such clients as there are threads stopped the web process. Past the deadline the client
-    gets a 408 and the connection is closed without waiting for it. The deadline starts when
-    a thread takes the request (gunicorn then makes the socket blocking) and ends when the
-    request reaches the app, where BodyGuard sets the body's own timeout."""
+    gets a 408 and the connection is closed without waiting for what it is still sending
+    (it may see a reset instead of the 408: a client that slow is let go at once).
 
-    __slots__ = ("_deadline", "_ended")
+    The deadline starts when a thread takes a request, first or kept-alive (gunicorn then
+    makes the socket blocking), and ends when ThreadWorker.handle_request hands it to the
+    app, where BodyGuard sets the body's own timeout. Timeouts gunicorn sets meanwhile (to
+    drain the previous request's body) apply as well: each read waits for the nearer."""
+
+    __slots__ = ("_deadline", "_ended", "_wait")
     header_timeout = float(_settings.request_header_timeout)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: float | None = None
         self._ended = False
+        self._wait: float | None = None  # the timeout callers set, as gettimeout says
 
     def setblocking(self, flag: bool) -> None:
         if self.fileno() == -1:  # closed in the worker's thread already (ThreadWorker.handle)
             return
         super().setblocking(flag)
+        self._wait = None if flag else 0.0
         self._deadline = time.monotonic() + self.header_timeout if flag else None
 
     def settimeout(self, value: float | None) -> None:
         super().settimeout(value)
-        self._deadline = None
+        self._wait = value
+
+    def gettimeout(self) -> float | None:
+        return self._wait
+
+    def shutdown(self, how: int) -> None:
+        self._deadline = None  # closing: gunicorn's own linger decides how long it waits
+        super().shutdown(how)
+
+    def end_deadline(self) -> None:
+        """The request line and headers are in."""
+        if self._deadline is not None:
+            self._deadline = None
+            super().settimeout(self._wait)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self._ended:  # what is still coming from a client that was too slow: not read
             return b""
-        if self._deadline is None:
+        if self._deadline is None or self._wait == 0.0:
             return super().recv(bufsize, flags)
+        left = self._deadline - time.monotonic()
+        ours = self._wait is None or left <= self._wait  # the deadline is the nearer
         try:
-            left = self._deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            super().settimeout(left)  # the deadline holds
+            super().settimeout(left if ours else self._wait)
             return super().recv(bufsize, flags)
         except TimeoutError:
+            if not ours:
+                raise  # the caller's own timeout
             self._deadline, self._ended = None, True
-            util.write_error(self, 408, "Request Timeout", f"The request line and headers did "
-                             f"not arrive within {self.header_timeout:g} s.")
+            with contextlib.suppress(OSError):  # a client that reads nothing gets nothing
+                util.write_error(self, 408, "Request Timeout", f"The request line and "
+                                 f"headers did not arrive within {self.header_timeout:g} s.")
             raise NoMoreData() from None  # gunicorn closes the connection, logging nothing
 
 
@@ -97,6 +121,11 @@ class ThreadWorker(gthread.ThreadWorker):
             conn.sock = _ClientSocket(plain.family, plain.type, plain.proto, plain.detach())
             conn.sock.setblocking(False)  # as gunicorn left it
         super().enqueue_req(conn)
+
+    def handle_request(self, req, conn):
+        if isinstance(conn.sock, _ClientSocket):
+            conn.sock.end_deadline()
+        return super().handle_request(req, conn)
 
     def handle(self, conn):
         keepalive = super().handle(conn)

@@ -138,15 +138,22 @@ def test_stalled_bodies_end_in_a_408_and_never_starve_the_web_process(web):
 
 def test_headers_sent_a_line_at_a_time_end_in_a_408_and_never_starve_the_web_process(web):
     """Slowloris: more clients than threads, each sending a header line every 0.3 s (well
-    within any wait between reads) and never the blank line that ends them. Each gets a 408
-    once HEADERS seconds have passed, and the service answers others meanwhile; a client
-    that sends its headers slowly but within the deadline is served."""
-    port, key = web
+    within any wait between reads) and never the blank line that ends them, as a first
+    request, after a kept-alive one or pipelined behind one. Each gets a 408 once HEADERS
+    seconds have passed, and the service answers others meanwhile; a client that sends its
+    headers slowly but within the deadline is served."""
+    port, _ = web
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     slow = []
     try:
-        for _ in range(THREADS * 3):
+        for n in range(THREADS * 3):
             sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            kind = ("first", "kept-alive", "pipelined")[n % 3]
+            if kind == "kept-alive":  # a whole request and its answer first
+                sock.sendall(healthz)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            sock.sendall((healthz if kind == "pipelined" else b"")
+                         + b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             slow.append(sock)
         started = time.monotonic()
         polite = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -165,9 +172,11 @@ def test_headers_sent_a_line_at_a_time_end_in_a_408_and_never_starve_the_web_pro
             time.sleep(0.3)
         assert served
         for sock in slow:
-            status, problem = _answer(sock)
-            assert (status, problem["title"]) == (408, "Request Timeout"), problem
-            assert f"{HEADERS} s" in problem["detail"]
+            answers = b"".join(iter(lambda sock=sock: sock.recv(65536), b""))
+            last = answers[answers.rindex(b"HTTP/1.1 "):]
+            assert last.startswith(b"HTTP/1.1 408 "), answers[:600]
+            problem = json.loads(last.partition(b"\r\n\r\n")[2])
+            assert problem["title"] == "Request Timeout" and f"{HEADERS} s" in problem["detail"]
         polite_answer = polite.recv(65536)
         assert polite_answer.startswith(b"HTTP/1.1 200 "), polite_answer[:300]
     finally:
