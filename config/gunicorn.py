@@ -53,14 +53,21 @@ class _ClientSocket(socket.socket):
     The deadline starts when a thread takes a request, first or kept-alive (gunicorn then
     makes the socket blocking), and ends when ThreadWorker.handle_request hands it to the
     app, where BodyGuard sets the body's own timeout. Timeouts gunicorn sets meanwhile (to
-    drain the previous request's body) apply as well: each read waits for the nearer."""
+    drain the previous request's body) apply as well: each read waits for the nearer.
 
-    __slots__ = ("_deadline", "_ended", "_wait")
+    After the answer, what the app did not read of the body is drained by gunicorn, within
+    `drain_timeout` seconds all told (start_drain); gunicorn's own limit applies to each
+    read, so a client sending a byte every few seconds held the thread for an hour, after
+    any answer (a 401 to an upload with no key, say). Past it the connection is closed."""
+
+    __slots__ = ("_deadline", "_draining", "_ended", "_wait")
+    drain_timeout = gthread.DEFAULT_WORKER_DATA_TIMEOUT
     header_timeout = float(_settings.request_header_timeout)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: float | None = None
+        self._draining = False
         self._ended = False
         self._wait: float | None = None  # the timeout callers set, as gettimeout says
 
@@ -70,6 +77,7 @@ class _ClientSocket(socket.socket):
         super().setblocking(flag)
         self._wait = None if flag else 0.0
         self._deadline = time.monotonic() + self.header_timeout if flag else None
+        self._draining = False
 
     def settimeout(self, value: float | None) -> None:
         super().settimeout(value)
@@ -88,6 +96,11 @@ class _ClientSocket(socket.socket):
             self._deadline = None
             super().settimeout(self._wait)
 
+    def start_drain(self) -> None:
+        """The answer is out: what is left of the body has `drain_timeout` to arrive."""
+        self._deadline = time.monotonic() + self.drain_timeout
+        self._draining = True
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self._ended:  # what is still coming from a client that was too slow: not read
             return b""
@@ -104,6 +117,8 @@ class _ClientSocket(socket.socket):
             if not ours:
                 raise  # the caller's own timeout
             self._deadline, self._ended = None, True
+            if self._draining:
+                raise TimeoutError from None  # gunicorn gives up the drain and closes
             with contextlib.suppress(OSError):  # a client that reads nothing gets nothing
                 util.write_error(self, 408, "Request Timeout", f"The request line and "
                                  f"headers did not arrive within {self.header_timeout:g} s.")
@@ -123,9 +138,13 @@ class ThreadWorker(gthread.ThreadWorker):
         super().enqueue_req(conn)
 
     def handle_request(self, req, conn):
-        if isinstance(conn.sock, _ClientSocket):
-            conn.sock.end_deadline()
-        return super().handle_request(req, conn)
+        sock = conn.sock if isinstance(conn.sock, _ClientSocket) else None
+        if sock is not None:
+            sock.end_deadline()
+        keepalive = super().handle_request(req, conn)
+        if sock is not None:
+            sock.start_drain()
+        return keepalive
 
     def handle(self, conn):
         keepalive = super().handle(conn)

@@ -184,6 +184,39 @@ def test_headers_sent_a_line_at_a_time_end_in_a_408_and_never_starve_the_web_pro
             sock.close()
 
 
+def test_a_body_trickled_after_its_answer_holds_a_thread_for_seconds_not_hours(web):
+    """An upload with no API key is answered at once (401) without its body being read;
+    gunicorn then reads what is left of the body, to keep the connection, waiting up to 5 s
+    for each next byte: a client sending one every second held the thread for as long as
+    its Content-Length let it. Now the whole drain gets 5 s, then the connection closes."""
+    port, _ = web
+    trickling = []
+    try:
+        for _ in range(THREADS):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"POST /api/v1/assets HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/octet-stream\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            trickling.append(sock)
+        started, closed = time.monotonic(), set()
+        while len(closed) < len(trickling) and time.monotonic() - started < 15:
+            for n, sock in enumerate(trickling):
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    closed.add(n)
+            time.sleep(0.5)
+        assert len(closed) == len(trickling)  # within 15 s: the drain's 5 s and a margin
+        # the threads are free again
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok
+        for sock in trickling:
+            with contextlib.suppress(OSError):  # a reset, when the close beat the reading
+                assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
+    finally:
+        for sock in trickling:
+            sock.close()
+
+
 def test_a_client_that_never_closes_does_not_hold_up_other_connections(web):
     """gunicorn lingers up to 2 s on each connection it closes until the client closes too;
     on its main thread, that held up every other connection each time. Here the lingering
