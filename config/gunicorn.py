@@ -11,6 +11,7 @@ worker class the Procfile names, `config.gunicorn.ThreadWorker`: gunicorn's gthr
 with a deadline for each request's headers."""
 
 import contextlib
+import errno
 import json
 import socket
 import time
@@ -39,6 +40,14 @@ def _write_problem(sock, status_int, reason, mesg):
 
 
 util.write_error = _write_problem
+
+
+@contextlib.contextmanager
+def _stopped_reading():
+    try:
+        yield
+    except TimeoutError:
+        raise BrokenPipeError(errno.EPIPE, "The client stopped reading.") from None
 
 
 class _ClientSocket(socket.socket):
@@ -95,6 +104,20 @@ class _ClientSocket(socket.socket):
         if self._deadline is not None:
             self._deadline = None
             super().settimeout(self._wait)
+
+    # BodyGuard's timeout applies to writes too: a client that stopped reading its answer
+    # is let go as gunicorn lets go of one that closed (a debug line), not with a traceback
+    def sendall(self, data, flags: int = 0) -> None:
+        with _stopped_reading():
+            super().sendall(data, flags)
+
+    def send(self, data, flags: int = 0) -> int:
+        with _stopped_reading():
+            return super().send(data, flags)
+
+    def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
+        with _stopped_reading():
+            return super().sendfile(file, offset, count)
 
     def start_drain(self) -> None:
         """The answer is out: what is left of the body has `drain_timeout` to arrive."""

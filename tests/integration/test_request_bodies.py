@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 from tests.conftest import ROOT, free_port, make_bucket, stack_env, stop, wait_for
 
@@ -25,13 +26,8 @@ HEADERS = 2  # MEDIAMILL_REQUEST_HEADER_TIMEOUT
 THREADS = 2
 
 
-@pytest.fixture(scope="module")
-def web(tmp_path_factory, redis_server, s3_endpoint):
-    """gunicorn with one worker of THREADS threads, and an API key for it. S3 storage: an
-    upload's body is read by boto3's threads as it goes to storage."""
-    tmp = tmp_path_factory.mktemp("bodies")
-    env = stack_env(tmp, redis_server, 15, f"sqlite:///{tmp / 'db.sqlite'}",
-                    f"s3://{make_bucket(s3_endpoint)}", s3_endpoint)
+def _web(tmp: Path, env: dict):
+    """gunicorn as the Procfile runs it, one worker of THREADS threads; (port, API key)."""
     env["MEDIAMILL_REQUEST_BODY_TIMEOUT"] = str(STALL)
     env["MEDIAMILL_REQUEST_HEADER_TIMEOUT"] = str(HEADERS)
     bin_dir = Path(sys.executable).parent
@@ -54,6 +50,23 @@ def web(tmp_path_factory, redis_server, s3_endpoint):
         yield port, key
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, redis_server, s3_endpoint):
+    """S3 storage: an upload's body is read by boto3's threads as it goes to storage."""
+    tmp = tmp_path_factory.mktemp("bodies")
+    yield from _web(tmp, stack_env(tmp, redis_server, 15, f"sqlite:///{tmp / 'db.sqlite'}",
+                                   f"s3://{make_bucket(s3_endpoint)}", s3_endpoint))
+
+
+@pytest.fixture
+def file_web(tmp_path, redis_server):
+    """file:// storage: the web process itself serves the originals, with sendfile."""
+    env = stack_env(tmp_path, redis_server, 14, f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    f"file://{tmp_path / 'media'}")
+    for served in _web(tmp_path, env):
+        yield served, tmp_path
 
 
 def _send(port: int, head: bytes, body: bytes) -> tuple[int, dict]:
@@ -270,3 +283,28 @@ def _jpeg_bytes() -> bytes:
 
 
 _JPEG = _jpeg_bytes()
+
+
+def test_a_download_the_client_stops_reading_is_let_go_quietly(file_web, corpus):
+    """An original served by the web process (file:// storage) to a client that stops
+    reading it: after the body timeout the connection is closed, a thread freed, and the
+    log holds no error or traceback (a client going away is not the service's fault)."""
+    (port, key), tmp = file_web
+    head = (corpus / "images/orientation/Landscape_1.jpg").read_bytes()
+    data = head + bytes(64 * 2**20 - len(head))  # more than loopback's socket buffers hold
+    created = requests.post(f"http://127.0.0.1:{port}/api/v1/assets", timeout=60,
+                            headers={"Authorization": f"Bearer {key}"},
+                            files={"file": ("big.jpg", data, "image/jpeg")})
+    assert created.status_code == 202, created.text
+    url = created.json()["original_url"]
+    with requests.get(url, stream=True, timeout=30) as download:
+        assert download.status_code == 200
+        got = len(download.raw.read(65536))  # and then nothing for a while
+        time.sleep(STALL + 3)
+        with contextlib.suppress(urllib3.exceptions.HTTPError, OSError):
+            while chunk := download.raw.read(65536):  # what was in flight, then the end
+                got += len(chunk)
+    assert got < len(data)  # cut off
+    assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok
+    log = (tmp / "web.log").read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
