@@ -535,6 +535,8 @@ class _PngStrips:
                 more = self._inflate.decompress(data, need - len(self._buf))
                 if not (more or data):
                     more = self._inflate.decompress(self._next_idat(), need - len(self._buf))
+                if not more and self._inflate.eof:  # the pixels end before the image does
+                    raise MediaError(_CORRUPT)
                 self._buf += more
         except _INFLATE_ERRORS as exc:
             raise MediaError(f"The image is corrupt and cannot be decoded ({exc}).") from exc

@@ -582,6 +582,23 @@ def test_png_that_cannot_be_streamed_is_decoded_whole(tmp_path):
     assert (out["thumb_256.jpg"].width, out["thumb_256.jpg"].height) == (256, 171)
 
 
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_big_png_whose_pixels_end_early_fails_cleanly(tmp_path, monkeypatch, inflater):
+    """The zlib stream ends at 60 % of the rows, and 1 MiB of zeros follow it in the IDAT:
+    zlib then handed back the same leftover bytes for ever (a hang, memory growing)."""
+    monkeypatch.setattr(thumbnails, "_inflating",
+                        pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib)
+    rows = [b"\0" + bytes([y % 256]) * 1800 for y in range(720)]
+    source = _png(tmp_path / "short.png", 1800, rows, colour=0, height=1200,
+                  after=bytes(2**20))
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
+
+
 def test_truncated_big_png_fails_cleanly(tmp_path):
     data = _big_png(tmp_path, "RGB").read_bytes()
     source = tmp_path / "cut.png"
@@ -596,15 +613,19 @@ def test_truncated_big_png_fails_cleanly(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def _png(path: Path, width: int, rows: list[bytes], colour: int = 2) -> Path:
-    """A PNG written by hand: 8-bit `colour` type, `rows` already filtered."""
+def _png(path: Path, width: int, rows: list[bytes], colour: int = 2, height: int = 0,
+         after: bytes = b"") -> Path:
+    """A PNG written by hand: 8-bit `colour` type, `rows` already filtered, `height` rows
+    high (as many as `rows` by default), `after` in its IDAT after the zlib stream."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (len(data).to_bytes(4, "big") + kind + data
                 + zlib.crc32(kind + data).to_bytes(4, "big"))
 
-    header = width.to_bytes(4, "big") + len(rows).to_bytes(4, "big") + bytes([8, colour, 0, 0, 0])
+    header = (width.to_bytes(4, "big") + (height or len(rows)).to_bytes(4, "big")
+              + bytes([8, colour, 0, 0, 0]))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+                     + chunk(b"IDAT", zlib.compress(b"".join(rows)) + after)
+                     + chunk(b"IEND", b""))
     return path
 
 
