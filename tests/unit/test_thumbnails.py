@@ -864,12 +864,14 @@ def test_jpeg_resized_as_its_rows_are_decoded_matches_a_whole_decode(tmp_path, m
 
     def spy(self, lo, hi):
         got = rows(self, lo, hi)
-        first = self._memory[:self._stride]  # decoded long ago: 255 in every 4th byte
+        first = self._memory[self._start:self._start + self._stride]  # decoded long ago
+        # pixels start on a huge page's boundary: handed back in whole huge pages
+        assert (thumbnails._address(self._memory) + self._start) % thumbnails._HUGE_PAGE == 0
         # handed back in steps of 2 MiB (whole huge pages), once the rows above fill one
-        handed_back.append((lo * self._stride >= thumbnails._RELEASE_STEP,
+        handed_back.append((lo * self._stride >= thumbnails._HUGE_PAGE,
                             first == bytes(self._stride)))
         if hi + _RUN_AHEAD < self._target.height:  # not decoded yet: still zeros
-            assert self._memory[(hi + _RUN_AHEAD) * self._stride + 3] == 0
+            assert self._memory[self._start + (hi + _RUN_AHEAD) * self._stride + 3] == 0
         return got
 
     monkeypatch.setattr(thumbnails._JpegRows, "rows", spy)
