@@ -149,12 +149,13 @@ class _ClientSocket(socket.socket):
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    """gunicorn's gthread worker, each client socket a _ClientSocket (a TLS one, which
-    gunicorn wraps later, keeps no deadline: terminate TLS in front of it), and each
-    connection closed in the thread that served it."""
+    """gunicorn's gthread worker, each client socket a _ClientSocket, and each connection
+    closed in the thread that served it. Over TLS that gunicorn terminates (it wraps the
+    socket later) or with cleartext HTTP/2 on (its requests take another path), sockets are
+    left as gunicorn makes them, with no deadline: terminate those in front of it."""
 
     def enqueue_req(self, conn) -> None:
-        if type(conn.sock) is socket.socket:  # just accepted
+        if type(conn.sock) is socket.socket and self.cfg.http2_cleartext == "off":  # new
             plain = conn.sock
             conn.sock = _ClientSocket(plain.family, plain.type, plain.proto, plain.detach())
             conn.sock.setblocking(False)  # as gunicorn left it
