@@ -333,7 +333,8 @@ def run(args, tmp: Path, procs: Processes) -> int:
 
     gunicorn = procs.start("gunicorn", [
         str(BIN / "gunicorn"), "web:create_app()", "--bind", f"127.0.0.1:{web_port}",
-        "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300"],
+        "--config", "python:config.gunicorn", "--worker-class", args.worker_class,
+        "--workers", "1", "--threads", "4", "--timeout", "300"],
         tmp / "gunicorn.log", cwd=ROOT, env=env)
     wait_for(lambda: http_ok(f"http://127.0.0.1:{web_port}/readyz"), 60, "gunicorn /readyz",
              gunicorn)
@@ -460,6 +461,9 @@ def main() -> int:
                         help="extra environment for the web process (repeatable), e.g. "
                              "MALLOC_ARENA_MAX=2")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--worker-class", default="config.gunicorn.ThreadWorker",
+                        help="gunicorn worker class (default the Procfile's; gthread: "
+                             "gunicorn's own, to compare)")
     args = parser.parse_args()
     if args.size_mib < 1 or args.rounds < 1:
         parser.error("--size-mib and --rounds must be at least 1")
