@@ -88,7 +88,9 @@ def show(upload_id: str):
 @require_tenant
 def sign_parts(upload_id: str):
     """Presigned PUT URLs for the requested part numbers, signed now, valid for an hour."""
-    upload = _open_or_409(_get_or_404(upload_id))
+    upload = _get_or_404(upload_id)
+    if upload.status != "open":
+        return _closed(upload_id, "sign")
     numbers = json_object().get("part_numbers")
     if (not isinstance(numbers, list) or not 1 <= len(numbers) <= SIGN_BATCH
             or not all(type(n) is int and 1 <= n <= upload.part_count for n in numbers)):
@@ -114,7 +116,7 @@ def complete(upload_id: str):
     # asset was processed), or the complete a false 503.
     claimed = _move(upload.id, ("open",), "completing", or_stale=True)
     if claimed is None:
-        return _closed(upload_id)
+        return _closed(upload_id, "complete")
     storage = services().storage
     try:
         if not storage.exists(upload.key):  # else joined by a complete that did not record it
@@ -147,7 +149,7 @@ def complete(upload_id: str):
             jobs = list(asset.jobs)
             after_commit(session, lambda: enqueue(celery(), jobs))
     except _Overtaken:
-        return _closed(upload_id)
+        return _closed(upload_id, "complete")
     except BaseException:
         _release(upload.id, claimed, "open")  # the object is stored: a retry records it
         raise
@@ -160,7 +162,7 @@ def abort(upload_id: str):
     """Abort the upload and free its parts: 204 (again for an upload already aborted)."""
     upload = _get_or_404(upload_id)
     if _move(upload.id, ("open", "aborted"), "aborted", or_stale=True) is None:
-        return _closed(upload_id)
+        return _closed(upload_id, "abort")
     storage = services().storage
     storage.abort_multipart(upload.key, upload.storage_upload_id)
     storage.delete_prefix(asset_prefix(upload.asset_id))  # joined by a complete, unrecorded
@@ -254,19 +256,6 @@ def _get_or_404(upload_id: str) -> DirectUpload:
     return upload
 
 
-def _open_or_409(upload: DirectUpload) -> DirectUpload:
-    if upload.status == "completing":
-        raise Problem(409, "Upload completing", "Another request is completing this upload: "
-                      "its parts can no longer change. Should that fail, the upload is open "
-                      "again.")
-    if upload.status == "completed":
-        raise Problem(409, "Upload completed", f"This upload became the asset "
-                      f"{upload.asset_id}.")
-    if upload.status != "open":
-        raise Problem(409, "Upload closed", f"This upload is {upload.status}; start a new one.")
-    return upload
-
-
 class _Overtaken(Exception):
     """This complete's claim on the upload was taken over while it ran."""
 
@@ -289,17 +278,23 @@ def _release(upload_id: str, claimed: datetime, status: str) -> bool:
         return False
 
 
-def _closed(upload_id: str):
-    """The answer to a complete or abort that found the upload not open."""
+def _closed(upload_id: str, action: str):
+    """The answer to a complete, abort or part signing ("complete", "abort", "sign") that
+    found the upload not open."""
     upload = _get_or_404(upload_id)
     if upload.status == "completed":
-        if request.method == "POST":  # completed by another request: its asset
+        if action == "complete":  # completed by another request: its asset
             return _asset_answer(upload.asset_id)
-        raise Problem(409, "Upload completed", "This upload became an asset; delete the "
-                      f"asset {upload.asset_id} instead.")
-    if upload.status == "aborted":
+        raise Problem(409, "Upload completed", f"This upload became the asset "
+                      f"{upload.asset_id}" + ("; delete it instead." if action == "abort"
+                                              else "."))
+    if upload.status != "completing":
         raise Problem(409, "Upload closed", "This upload was aborted; start a new one.")
-    if request.method == "DELETE":
+    if action == "sign":
+        raise Problem(409, "Upload completing", "Another request is completing this upload: "
+                      "its parts can no longer change. Should that fail, the upload is open "
+                      "again.")
+    if action == "abort":
         raise Problem(409, "Upload completing", "Another request is completing this upload; "
                       "delete the asset it becomes instead.")
     raise Problem(503, "Upload completing", "Another request is completing this upload; "
