@@ -31,7 +31,8 @@ class BodyGuard:
         self.timeout = timeout
 
     def __call__(self, environ, start_response):
-        sock = environ.get("gunicorn.socket")  # blocking without a timeout until here
+        # under gunicorn: blocking with no timeout but the headers' (config.gunicorn)
+        sock = environ.get("gunicorn.socket")
         if sock is not None:
             sock.settimeout(self.timeout)
         if environ.get("wsgi.input") is not None:
