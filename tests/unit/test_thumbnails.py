@@ -614,19 +614,74 @@ def test_truncated_big_png_fails_cleanly(tmp_path):
 
 
 def _png(path: Path, width: int, rows: list[bytes], colour: int = 2, height: int = 0,
-         after: bytes = b"") -> Path:
+         after: bytes = b"", stream: bytes | None = None, split: tuple[int, ...] = ()) -> Path:
     """A PNG written by hand: 8-bit `colour` type, `rows` already filtered, `height` rows
-    high (as many as `rows` by default), `after` in its IDAT after the zlib stream."""
+    high (as many as `rows` by default), `after` in its IDAT after the zlib stream.
+    `stream`: the IDAT data instead (a zlib stream of `rows`); `split`: the lengths of
+    IDAT chunks to cut from its start, the rest in one more."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (len(data).to_bytes(4, "big") + kind + data
                 + zlib.crc32(kind + data).to_bytes(4, "big"))
 
     header = (width.to_bytes(4, "big") + (height or len(rows)).to_bytes(4, "big")
               + bytes([8, colour, 0, 0, 0]))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"".join(rows)) + after)
-                     + chunk(b"IEND", b""))
+    data = (zlib.compress(b"".join(rows)) if stream is None else stream) + after
+    idats = []
+    for length in split:
+        idats.append(chunk(b"IDAT", data[:length]))
+        data = data[length:]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + b"".join(idats)
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
+
+
+def _gradient_rows(width: int, height: int) -> list[bytes]:
+    """Rows of an 8-bit RGB PNG, each with filter type 0 and its own shade."""
+    return [b"\0" + bytes([y % 256, (3 * y) % 256, 255 - y % 256]) * width
+            for y in range(height)]
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_big_png_whose_zlib_header_spans_idat_chunks_is_streamed(tmp_path, monkeypatch,
+                                                                inflater):
+    """The pixels are inflated as raw deflate after the strips check the zlib header
+    themselves, which may come a byte at a time: chunks of 1, 0 and 1 bytes here."""
+    monkeypatch.setattr(thumbnails, "_inflating",
+                        pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib)
+    source = _png(tmp_path / "split.png", 1200, _gradient_rows(1200, 900), split=(1, 0, 1, 7))
+    with Image.open(source) as image:
+        whole = image.convert("RGB")
+
+    with (thumbnails.open_image(source) as image,
+          thumbnails._PngStrips.open(image, (600, 450)) as strips):
+        strip, origin = strips.rows(0, 900)
+
+    assert origin == 0 and strip.convert("RGB").tobytes() == whole.tobytes()
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+@pytest.mark.parametrize("header", [
+    bytes([0x88, 0x1C]),  # a 64 KiB window, which zlib refuses (ISA-L would inflate it)
+    bytes([0x78, 0xBB]),  # a preset dictionary, which a PNG never has
+    bytes([0x77, 0x85]),  # compression method 7, not deflate
+    bytes([0x78, 0x9D]),  # the check bits wrong
+], ids=["window", "dictionary", "method", "check"])
+def test_big_png_with_a_bad_zlib_header_fails_cleanly(tmp_path, monkeypatch, inflater,
+                                                     header):
+    """Refused as zlib refuses it, with either inflater, as Pillow's whole decode does."""
+    monkeypatch.setattr(thumbnails, "_inflating",
+                        pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib)
+    rows = _gradient_rows(1200, 900)
+    stream = header + zlib.compress(b"".join(rows))[2:]
+    source = _png(tmp_path / "header.png", 1200, rows, stream=stream)
+    with Image.open(source) as image, pytest.raises((OSError, SyntaxError)):
+        image.load()  # Pillow's own decoder refuses it too
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
 
 
 def test_big_png_with_a_filter_that_does_not_exist_fails_cleanly(tmp_path):
