@@ -636,7 +636,7 @@ def _png(path: Path, width: int, rows: list[bytes], colour: int = 2, height: int
 
 
 def _gradient_rows(width: int, height: int) -> list[bytes]:
-    """Rows of an 8-bit RGB PNG, each with filter type 0 and its own shade."""
+    """Rows of an 8-bit RGB PNG, each with filter type 0, shaded by its number."""
     return [b"\0" + bytes([y % 256, (3 * y) % 256, 255 - y % 256]) * width
             for y in range(height)]
 
@@ -657,6 +657,29 @@ def test_big_png_whose_zlib_header_spans_idat_chunks_is_streamed(tmp_path, monke
         strip, origin = strips.rows(0, 900)
 
     assert origin == 0 and strip.convert("RGB").tobytes() == whole.tobytes()
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+@pytest.mark.parametrize("damage", ["pixel", "checksum"])
+def test_big_png_whose_pixels_fail_their_checksum_fails_cleanly(tmp_path, monkeypatch,
+                                                               inflater, damage):
+    """A bit flipped in a stored (level 0) stream's pixels, whose only check is the stream's
+    Adler-32 (the chunk's CRC redone, as a careless tool would), or a deflated stream's
+    Adler-32 wrong: refused with either inflater, as Pillow's whole decode refuses them."""
+    monkeypatch.setattr(thumbnails, "_inflating",
+                        pytest.importorskip("isal.isal_zlib") if inflater == "isal" else zlib)
+    rows = _gradient_rows(1200, 900)
+    stream = bytearray(zlib.compress(b"".join(rows), 0 if damage == "pixel" else 6))
+    stream[1000 if damage == "pixel" else -1] ^= 0x01  # 1000: in the first stored block
+    source = _png(tmp_path / "flipped.png", 1200, rows, stream=bytes(stream))
+    with Image.open(source) as image, pytest.raises(OSError):
+        image.load()  # Pillow's own decoder refuses it
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(MediaError) as caught:
+        thumbnails.render(source, tmp_path / "out")
+
+    assert "truncated or corrupt" in str(caught.value)
 
 
 @pytest.mark.parametrize("inflater", ["isal", "zlib"])
