@@ -288,8 +288,9 @@ def _closed(upload_id: str, action: str):
         raise Problem(409, "Upload completed", f"This upload became the asset "
                       f"{upload.asset_id}" + ("; delete it instead." if action == "abort"
                                               else "."))
-    if upload.status != "completing":
+    if upload.status == "aborted":
         raise Problem(409, "Upload closed", "This upload was aborted; start a new one.")
+    # completing, or open again since (the complete failed): never advise starting over
     if action == "sign":
         raise Problem(409, "Upload completing", "Another request is completing this upload: "
                       "its parts can no longer change. Should that fail, the upload is open "
