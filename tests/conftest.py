@@ -166,9 +166,9 @@ class Stack:
     tmp: Path
     started: list
 
-    def start_worker(self, queue: str) -> subprocess.Popen:
+    def start_worker(self, queue: str, concurrency: int = 1) -> subprocess.Popen:
         """(Re)start the worker of `queue`; stopped with the rest at the end of the test."""
-        proc = start_worker(self.env, queue, self.tmp)
+        proc = start_worker(self.env, queue, self.tmp, concurrency)
         self.workers[queue] = proc
         self.started.append(proc)
         return proc

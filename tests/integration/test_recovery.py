@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from media.records import Job, utcnow
-from tests.conftest import start_redis, wait_for
+from tests.conftest import start_redis, wait_for, wait_workers_ready
 from tests.helpers import auth, jpeg, upload, wait_final
 from tests.receiver import Receiver
 
@@ -159,6 +160,55 @@ def test_redis_down_for_10s_during_30_uploads_loses_nothing(make_stack, tmp_path
             assert wait_final(client, key, asset_id, timeout=180)["status"] == "completed"
         assert all(proc.poll() is None for proc in stack.workers.values())
     finally:
+        redis_proc.terminate()
+        redis_proc.wait()
+
+
+def test_redis_restart_with_tasks_in_flight_keeps_every_worker_running(make_stack, tmp_path):
+    """Celery 5.7.0 exits ("Unrecoverable error: AttributeError ... 'hostname'") when the
+    broker goes away while a worker holds an unacknowledged (acks_late) message: closing
+    the lost connection tries to put the message back through a transport it has already
+    let go. Here a webhook attempt is in flight when Redis restarts."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path)
+    slow = threading.Event()
+
+    def answer(request) -> int:
+        if not slow.is_set():  # the first attempt hangs on until Redis has gone and come back
+            slow.wait(20)
+        return 200
+
+    receiver = Receiver(answer=answer).start()
+    try:
+        stack = make_stack(queues=("thumbnails", "metadata"), beat=True, extra_env={
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0", "MEDIAMILL_WEBHOOK_ALLOW_PRIVATE": "1",
+            "MEDIAMILL_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1,1"})
+        # As the Procfile runs it: a pool of threads, more of them than messages in flight
+        # (with one thread, the crash did not happen).
+        stack.start_worker("webhooks", concurrency=4)
+        wait_workers_ready(stack.env, ("webhooks",))
+        key = stack.create_key("alice")
+        client = stack.client()
+        first = upload(client, key, data=jpeg(), webhook_url=receiver.url).json["id"]
+        wait_for(lambda: receiver.received, timeout=120, what="a webhook attempt in flight")
+        redis_proc.terminate()
+        redis_proc.wait()
+        time.sleep(2)
+        redis_proc = start_redis(port, tmp_path)
+        slow.set()
+        time.sleep(5)  # the consumers notice the lost connection and reconnect
+        exited = {q: proc.poll() for q, proc in stack.workers.items() if proc.poll() is not None}
+        assert not exited, f"workers exited after the Redis restart: {exited}"
+        second = upload(client, key, data=jpeg(color=(10, 200, 30)), webhook_url=receiver.url)
+        for asset_id in (first, second.json["id"]):
+            assert wait_final(client, key, asset_id, timeout=180)["status"] == "completed"
+        wait_for(lambda: {r.json["data"]["id"] for r in receiver.of_type("asset.completed")}
+                 >= {first, second.json["id"]}, timeout=120, what="both assets' webhooks")
+    finally:
+        slow.set()
+        receiver.stop()
         redis_proc.terminate()
         redis_proc.wait()
 
