@@ -75,7 +75,9 @@ PATHS = {
     "/api/v1/assets/{asset_id}/events": {
         "get": _op("Live status as server-sent events (id: sequence, event: state|progress, "
                    "data: the asset)", {"200": {"description": "An event stream", "content": {
-                       "text/event-stream": {"schema": {"type": "string"}}}}, **AUTH},
+                       "text/event-stream": {"schema": {"type": "string"}}}},
+                       "204": {"description": "Resumed after the final event: nothing to send"},
+                       **AUTH},
                    params=[*ASSET_ID, {"name": "Last-Event-ID", "in": "header",
                                        "required": False, "schema": {"type": "string"}}]),
     },

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from tests.conftest import ROOT, stack_env
+from tests.conftest import ROOT, stack_env, wait_for
 from tests.helpers import auth, jpeg, upload
 
 pytestmark = pytest.mark.integration
@@ -436,7 +436,9 @@ def test_a_nul_in_the_uploaded_filename_is_400(api):
 
 def test_event_stream_resumed_after_the_final_event_ends_at_once(api):
     """An EventSource reconnects with the last id after the stream closes: with nothing left
-    to send for a final asset the answer must end, not hold a thread with keep-alives."""
+    to send for a final asset the answer is 204, which tells it to stop reconnecting (a 200
+    that ends at once had it reconnect every 2 s for ever), not a thread held with
+    keep-alives."""
     from media.records import Asset
 
     client, key = api.test_client(), new_key(api, "alice")
@@ -454,10 +456,100 @@ def test_event_stream_resumed_after_the_final_event_ends_at_once(api):
     assert ids, first.data
     again = client.get(f"/api/v1/assets/{asset_id}/events", buffered=False,
                        headers={**auth(key), "Last-Event-ID": str(ids[-1])})
-    # At most two chunks: a stream that never ends would send a keep-alive every 15 s.
-    chunks = [c.decode() for c in itertools.islice(again.response, 2)]
-    assert chunks == ["retry: 2000\n\n"]  # and then it ended
+    assert (again.status_code, again.get_data()) == (204, b"")
     again.close()
     huge = client.get(f"/api/v1/assets/{asset_id}/events",
                       headers={**auth(key), "Last-Event-ID": "9" * 30})
     assert_problem(huge, 400)
+    other = client.get(f"/api/v1/assets/{asset_id}/events",
+                       headers={**auth(new_key(api, "bob")), "Last-Event-ID": str(ids[-1])})
+    assert_problem(other, 404)
+
+
+def _run(api, asset_id: str, start: bool = True, complete: int = 0) -> int:
+    """Start the asset's jobs and complete the first `complete` of them, through the
+    app's outbox as the workers do; the asset's latest sequence number."""
+    from media import assets
+    from media.records import Asset
+
+    mm = api.extensions["mediamill"]
+    with mm.db.session() as session:
+        job_ids = sorted(job.id for job in session.get(Asset, asset_id).jobs)
+    for job_id in job_ids if start else ():
+        with mm.db.session() as session:
+            assets.start_job(session, job_id, "w", f"t-{job_id}", outbox=mm.outbox)
+    for job_id in job_ids[:complete]:
+        with mm.db.session() as session:
+            assets.complete_job(session, job_id, [], None, mm.outbox)
+    with mm.db.session() as session:
+        return session.get(Asset, asset_id).seq
+
+
+def _sse(chunks) -> list[tuple[int, str, dict]]:
+    """The events of an SSE text as (id, event, data)."""
+    text = "".join(c.decode() for c in chunks)
+    blocks = [dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+              for block in text.split("\n\n")]
+    return [(int(b["id"]), b["event"], json.loads(b["data"])) for b in blocks if "data" in b]
+
+
+def test_event_stream_ends_after_every_event_of_the_final_change(api):
+    """The last job's completion records two state events in one transaction
+    (asset.<job>.completed, then asset.completed): a stream open before it sends both, so
+    the client's last id is the asset's latest event, not one short of it."""
+    client, key = api.test_client(), new_key(api, "alice")
+    asset_id = upload(client, key, data=jpeg()).json["id"]
+    _run(api, asset_id, complete=1)
+    stream = client.get(f"/api/v1/assets/{asset_id}/events", buffered=False,
+                        headers=auth(key))
+    chunks = iter(stream.response)
+    assert [e[2]["status"] for e in _sse(itertools.islice(chunks, 2))] == ["processing"]
+    latest = _run(api, asset_id, start=False, complete=2)
+    rest = _sse(chunks)  # ends by itself: nothing is waited for after the final change
+    stream.close()
+    assert [e[2]["status"] for e in rest] == ["completed", "completed"]
+    assert rest[-1][0] == latest
+
+
+def test_deleting_the_asset_ends_its_open_streams_at_once(api):
+    """A stream waiting for the next event ends as soon as its asset is deleted, not at its
+    next heartbeat 15 s later."""
+    import threading
+
+    from media.events import CHANNEL
+
+    client, key = api.test_client(), new_key(api, "alice")
+    asset_id = upload(client, key, data=jpeg()).json["id"]
+    stream = client.get(f"/api/v1/assets/{asset_id}/events", buffered=False,
+                        headers=auth(key))
+    ended = threading.Event()
+    reader = threading.Thread(target=lambda: (list(stream.response), ended.set()))
+    reader.start()
+    redis = api.extensions["mediamill"].redis
+    wait_for(lambda: redis.pubsub_numsub(CHANNEL.format(asset_id))[0][1], timeout=10,
+             what="the stream to listen")
+    assert client.delete(f"/api/v1/assets/{asset_id}", headers=auth(key)).status_code == 204
+    promptly = ended.wait(5)
+    reader.join(30)
+    stream.close()
+    assert promptly, "the stream outlived its asset"
+
+
+def test_an_id_the_stream_never_sent_starts_afresh(api):
+    """A Last-Event-ID above the asset's latest event (another deployment's, or a guess)
+    is taken as none: the current state first, rather than waiting for an event that
+    number may never reach."""
+    client, key = api.test_client(), new_key(api, "alice")
+    asset_id = upload(client, key, data=jpeg()).json["id"]
+    seq = _run(api, asset_id)
+    stream = client.get(f"/api/v1/assets/{asset_id}/events", buffered=False,
+                        headers={**auth(key), "Last-Event-ID": "99999"})
+    assert stream.status_code == 200
+    # Two chunks: without the current state the second would be a keep-alive 15 s later.
+    (first,) = _sse(itertools.islice(stream.response, 2))
+    stream.close()
+    assert (first[0], first[1], first[2]["status"]) == (seq, "state", "processing")
+    latest = _run(api, asset_id, start=False, complete=2)
+    done = client.get(f"/api/v1/assets/{asset_id}/events",
+                      headers={**auth(key), "Last-Event-ID": "99999"})
+    assert [(e[0], e[2]["status"]) for e in _sse([done.data])] == [(latest, "completed")]

@@ -121,6 +121,9 @@ def delete_asset(tenant_id: str, asset_id: str) -> bool:
             return False
         assets.mark_deleted(session, asset)
         after_commit(session, lambda: celery().send_task(PURGE_TASK, args=[asset_id]))
+        # Live streams of the asset end now rather than at their next heartbeat.
+        seq = asset.seq
+        after_commit(session, lambda: services().publish(asset_id, seq))
     return True
 
 

@@ -1,8 +1,10 @@
 """Live status: `GET /api/v1/assets/{id}/events` as server-sent events.
 
 The stream replays recorded events (media/events.py) after the client's Last-Event-ID, or
-the current state first; Redis pub/sub only wakes it, so a lost notification delays an
-event by at most one heartbeat and never loses it. It ends after a final state.
+the current state first; Redis pub/sub only wakes it (on each event, and when the asset is
+deleted), so a lost notification delays an event by at most one heartbeat and never loses
+it. It ends after a final state, with the rest of the change that made it final; a resume
+with nothing left to send on a final asset is 204, which tells an EventSource to stop.
 """
 
 from __future__ import annotations
@@ -44,11 +46,15 @@ def stream(asset_id: str):
         asset = assets.get(session, g.tenant_id, asset_id)
         if asset is None:
             raise Problem(404, "Not Found", f"No asset {asset_id!r} for this API key.")
+        if last and int(last) > asset.seq:
+            last = ""  # never sent by this stream (another database, a guess): start afresh
+        final = asset.status in assets.FINAL
+        if last and final and int(last) == asset.seq:
+            return Response(status=204)  # seen to the end: an EventSource stops reconnecting
         # Without Last-Event-ID: the current state first, as an answer to this request
         # (its links point at the host asked), under the id of the latest event.
         first = None if last else _event(asset.seq, "state", asset_json(asset))
         after = int(last) if last else asset.seq
-        final = asset.status in assets.FINAL
     events = _events(s, asset_id, after, first, final)
     return Response(events, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -66,21 +72,31 @@ def _events(s: Services, asset_id: str, after: int, first: str | None,
         if final:
             return
     pubsub = _subscribe(s, asset_id)
+    ending = None  # the final state's snapshot, once sent
     try:
         while True:
             rows, gone, final = _after(s, asset_id, after)
             for row in rows:
+                if ending is not None and not _same_change(row, ending):
+                    return
                 yield _event(row.seq, row.kind, row.data)
                 after = row.seq
                 if row.kind == "state" and row.data.get("status") in assets.FINAL:
-                    return
-            if gone or (not rows and final):  # nothing after the client's id, and never will be
-                return
+                    ending = row.data
+            if gone or (not rows and (final or ending is not None)):
+                return  # the final change is all sent, or nothing will come after the id
             if not rows and not _wait(pubsub, HEARTBEAT):
                 yield ": keep-alive\n\n"
     finally:
         if pubsub is not None:
             pubsub.close()
+
+
+def _same_change(row: AssetEvent, final: dict) -> bool:
+    """Whether `row` belongs to the change that sent the final state: one change recorded
+    under several webhook types (asset.video.completed, then asset.completed) is several
+    state events sharing one snapshot, and the client's last id must be the last of them."""
+    return row.kind == "state" and row.data == final
 
 
 def _after(s: Services, asset_id: str, after: int) -> tuple[list[AssetEvent], bool, bool]:
