@@ -94,17 +94,19 @@ PATHS = {
     },
     "/api/v1/uploads/{upload_id}/parts": {
         "post": _op("Presigned PUT URLs for parts", {"200": _json("PartUrls"), "400": None,
-                                                      **AUTH, "409": None},
+                                                      **AUTH, "409": None, "413": None},
                     body=_body("PartNumbers"), params=UPLOAD_ID),
     },
     "/api/v1/uploads/{upload_id}/complete": {
         "post": _op("Join the parts into an asset", {"202": _json("Asset"), "400": None,
-                                                     **AUTH, "409": None, "415": None},
+                                                     **AUTH, "409": None, "413": None,
+                                                     "415": None},
                     body=_body("CompleteRequest"), params=UPLOAD_ID),
     },
     "/api/v1/webhooks": {
         "post": _op("Subscribe a URL to events", {"201": _json("Webhook", "Created"),
-                                                  "400": None, "401": None, "422": None},
+                                                  "400": None, "401": None, "413": None,
+                                                  "422": None},
                     body=_body("WebhookRequest")),
         "get": _op("The tenant's subscriptions", {"200": _json("WebhookList"), "401": None}),
     },

@@ -553,3 +553,63 @@ def test_an_id_the_stream_never_sent_starts_afresh(api):
     done = client.get(f"/api/v1/assets/{asset_id}/events",
                       headers={**auth(key), "Last-Event-ID": "99999"})
     assert [(e[0], e[2]["status"]) for e in _sse([done.data])] == [(latest, "completed")]
+
+
+def test_deeply_nested_json_is_400_not_500(api):
+    """json.loads raises RecursionError, not ValueError, for nesting deeper than the stack:
+    get_json(silent=True) let it through as a 500."""
+    client, key = api.test_client(), new_key(api, "alice")
+    upload_id = _json_post(client, key, "/api/v1/uploads",
+                           '{"filename":"a.jpg","size":10}').json["id"]
+    deep = "[" * 100_000 + "]" * 100_000
+    for path in ("/api/v1/uploads", "/api/v1/webhooks", f"/api/v1/uploads/{upload_id}/parts",
+                 f"/api/v1/uploads/{upload_id}/complete"):
+        assert_problem(_json_post(client, key, path, deep), 400)
+        assert_problem(_json_post(client, key, path, '{"x":' + deep + "}"), 400)
+
+
+def test_json_bodies_are_capped_above_the_largest_complete(api):
+    """A complete naming all 10,000 parts, indented, is under the cap and read (here: its
+    parts are not uploaded); a body over the cap is 413 from its Content-Length alone."""
+    client, key = api.test_client(), new_key(api, "alice")
+    upload_id = _json_post(client, key, "/api/v1/uploads",
+                           '{"filename":"a.jpg","size":10}').json["id"]
+    parts = [{"part_number": n, "etag": '"' + "0" * 32 + '"'} for n in range(1, 10_001)]
+    largest = json.dumps({"parts": parts}, indent=8)
+    assert len(largest) > 2**20  # more than the 1 MiB a first guess would allow
+    answer = _json_post(client, key, f"/api/v1/uploads/{upload_id}/complete", largest)
+    assert "upload the missing parts" in assert_problem(answer, 400)["detail"]
+    over = '{"filename":"a.jpg","size":10}' + " " * 2 * 2**20
+    problem = assert_problem(_json_post(client, key, "/api/v1/uploads", over), 413)
+    assert problem["detail"] == f"A JSON request body is at most {2 * 2**20} bytes."
+
+
+def test_form_fields_are_few_and_only_those_read_are_kept(api):
+    """15,000 fields of 8 KiB before the file were all kept in memory (120 MB)."""
+    client, key = api.test_client(), new_key(api, "alice")
+    fields = {f"field{n}": "x" * 8192 for n in range(20)}
+    problem = assert_problem(upload(client, key, data=jpeg(), **fields), 400)
+    assert problem["title"] == "Too many form fields"
+    # a few fields the service does not read (Uppy sends its meta fields) are no bother
+    taken = upload(client, key, data=jpeg(), name="a.jpg", type="image/jpeg")
+    assert taken.status_code == 202, taken.data
+    assert len(client.get("/api/v1/assets", headers=auth(key)).json["items"]) == 1
+
+
+def test_idempotency_key_remembers_only_an_answer_that_made_an_asset(api):
+    """A refusal (415, 400, 413) made nothing and is not remembered: the key is free for the
+    corrected request, as Stripe does for requests that fail validation. Once a key has
+    made an asset, any other file with it is the contract's 422, media or not."""
+    client, key = api.test_client(), new_key(api, "alice")
+    headers = {"Idempotency-Key": "K"}
+    text = b"hello, this is just text\n"
+    assert_problem(upload(client, key, data=text, filename="a.txt", headers=headers), 415)
+    assert_problem(upload(client, key, data=b"", filename="a.jpg", headers=headers), 400)
+    first = upload(client, key, data=jpeg(), headers=headers)
+    assert first.status_code == 202
+    again = upload(client, key, data=jpeg(), headers=headers)
+    assert (again.status_code, again.json["id"]) == (202, first.json["id"])
+    for data in (text, b"", jpeg(color=(0, 0, 255))):
+        other = upload(client, key, data=data, filename="a.txt", headers=headers)
+        assert "different file" in assert_problem(other, 422)["detail"]
+    assert len(client.get("/api/v1/assets", headers=auth(key)).json["items"]) == 1

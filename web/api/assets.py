@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 
 from media import assets
@@ -21,8 +22,14 @@ from web.streaming import MalformedBody, MultipartReader, Part
 
 bp = Blueprint("assets", __name__, url_prefix="/api/v1/assets")
 
-MULTIPART_SLACK = 64 * 1024  # part headers and boundaries around the file
+FIELDS = ("webhook_url",)  # the form fields this call reads; others are read and dropped
 FIELD_LIMIT = 8 * 1024
+# The file, webhook_url and the few a client library adds (Uppy's XHR upload sends each
+# file's meta fields, name and type among them); 15,000 fields of 8 KiB sent before the file
+# were once all kept: 120 MB in memory.
+FORM_PARTS_MAX = 16
+# The rest of the request around the file: the other parts, their headers and boundaries.
+MULTIPART_SLACK = FORM_PARTS_MAX * (FIELD_LIMIT + 4 * 1024)
 IDEMPOTENCY_KEY_MAX = 255  # the column's length
 PURGE_TASK = "upkeep.purge"  # tasks/upkeep.py
 
@@ -35,26 +42,36 @@ def create():
     limit = services().settings.max_upload_bytes
     if (request.content_length or 0) > limit + MULTIPART_SLACK:
         raise too_large(limit)
+    # Counts a chunked body too (Werkzeug's LimitedStream, as gunicorn terminates the body):
+    # a read past it raises RequestEntityTooLarge, answered below.
+    request.max_content_length = limit + MULTIPART_SLACK
     idempotency_key = request.headers.get("Idempotency-Key", "").strip() or None
     if idempotency_key and len(idempotency_key) > IDEMPOTENCY_KEY_MAX:  # not cut: keys collided
         raise Problem(400, "Bad Idempotency-Key", f"An Idempotency-Key is at most "
                       f"{IDEMPOTENCY_KEY_MAX} characters; this one has {len(idempotency_key)}.")
     replay = _idempotent_record(idempotency_key)
     asset_id = new_id()
-    stored, fields, upload = False, {}, None
+    stored, fields, upload, sha256 = False, {}, None, None
     try:
-        for part in MultipartReader(request.stream, boundary).parts():
-            if part.filename is not None and part.name == "file" and upload is None:
+        for count, part in enumerate(MultipartReader(request.stream, boundary).parts(), 1):
+            if count > FORM_PARTS_MAX:
+                raise _too_many_parts()
+            if part.filename is not None and part.name == "file" and sha256 is None:
                 text(part.filename, "The file's name")
-                upload = _receive(part, asset_id, limit, store=replay is None)
-                stored = replay is None
+                if replay is None:
+                    upload = _receive(part, asset_id, limit)
+                    stored, sha256 = True, upload.sha256
+                else:
+                    sha256 = _digest(part, limit)
             elif part.filename is None:
-                fields[part.name] = part.text(FIELD_LIMIT)
-        if upload is None:
+                value = part.text(FIELD_LIMIT)  # read whatever its name, to its limit
+                if part.name in FIELDS:
+                    fields[part.name] = value
+        if sha256 is None:
             raise Problem(400, "No file", "Send the file as multipart/form-data in a field "
                           "named 'file'.")
         if replay is not None:  # the first answer again, whatever else this one sent
-            return _replay(replay, upload.sha256)
+            return _replay(replay, sha256)
         webhook_url = upload_target(fields.get("webhook_url"))
         return _record(asset_id, upload, webhook_url, idempotency_key)
     except BaseException as exc:
@@ -62,6 +79,8 @@ def create():
             services().storage.delete_prefix(asset_prefix(asset_id))
         if isinstance(exc, MalformedBody):
             raise _malformed(exc) from None
+        if isinstance(exc, RequestEntityTooLarge):
+            raise _request_too_large(limit) from None
         raise
 
 
@@ -147,15 +166,14 @@ def _boundary() -> bytes:
     return options["boundary"].encode("latin-1")
 
 
-def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Upload:
-    """Sniff the first bytes, then stream the rest to storage (or only hash it, on replay)."""
+def _receive(part: Part, asset_id: str, limit: int) -> assets.Upload:
+    """Sniff the first bytes, then stream the rest to storage."""
     try:
         stream = HashingStream(part, limit, SNIFF_BYTES)
         if not stream.head:
             raise Problem(400, "Empty file", "The uploaded file is empty.")
         found = sniff(stream.head)
-        if store:
-            services().storage.upload(original_key(asset_id), stream, found.content_type)
+        services().storage.upload(original_key(asset_id), stream, found.content_type)
         digest = stream.finish()
     except UnsupportedMedia as exc:
         raise Problem(415, "Unsupported Media Type", str(exc)) from None
@@ -165,13 +183,22 @@ def _receive(part: Part, asset_id: str, limit: int, store: bool) -> assets.Uploa
                          digest.size, digest.sha256)
 
 
+def _digest(part: Part, limit: int) -> str:
+    """The file's SHA-256, only: on a replay all that matters is whether it is the first
+    file, so a different one is the contract's 422 even when it is empty or not media."""
+    try:
+        return HashingStream(part, limit, 0).finish().sha256
+    except TooLarge:
+        raise too_large(limit) from None
+
+
 def _record(asset_id: str, upload: assets.Upload, webhook_url: str | None,
             idempotency_key: str | None):
     try:
         with services().db.session() as session:
             asset = assets.create(session, g.tenant_id, upload, webhook_url,
                                   services().outbox, public_url=base_url())
-            if idempotency_key:
+            if idempotency_key:  # only an answer that made an asset: a refusal made nothing
                 session.add(IdempotencyKey(tenant_id=g.tenant_id, key=idempotency_key,
                                            sha256=upload.sha256, asset_id=asset_id,
                                            status_code=202))
@@ -218,6 +245,17 @@ def asset_json(asset) -> dict:
     """The contract's asset JSON, with signed links, for this request."""
     s = services()
     return assets.to_json(asset, s.storage, base_url(), s.settings.signed_url_ttl)
+
+
+def _too_many_parts() -> Problem:
+    return Problem(400, "Too many form fields", f"An upload is at most {FORM_PARTS_MAX} form "
+                   "parts: the file, webhook_url and a few more.")
+
+
+def _request_too_large(limit: int) -> Problem:
+    return Problem(413, "Payload Too Large", f"The request is larger than this service's "
+                   f"limit of {limit} bytes (MEDIAMILL_MAX_UPLOAD_BYTES) for a file, and "
+                   f"{MULTIPART_SLACK} bytes more for the rest of the form.")
 
 
 def _malformed(exc: Exception) -> Problem:
