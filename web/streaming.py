@@ -12,11 +12,16 @@ from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from web.errors import Problem
 
 CHUNK = 256 * 1024
+# What the decoder may hold at once that is not yet a part's data: a preamble, a part's
+# headers, the tail it keeps to find the next boundary. Unbounded, a 20 MB preamble was held
+# whole (124 MB at peak); a few of our reads leave room for any real client's.
+DECODER_BUFFER = 4 * CHUNK
 
 
 class BodyGuard:
@@ -76,7 +81,7 @@ class MultipartReader:
 
     def __init__(self, stream: BinaryIO, boundary: bytes) -> None:
         self._stream = stream
-        self._decoder = MultipartDecoder(boundary)
+        self._decoder = MultipartDecoder(boundary, max_form_memory_size=DECODER_BUFFER)
 
     def parts(self) -> Iterator[Part]:
         """Each field or file part, in the order the client sent them."""
@@ -99,7 +104,11 @@ class MultipartReader:
             if not isinstance(event, NeedData):
                 return event
             chunk = self._stream.read(CHUNK)
-            self._decoder.receive_data(chunk or None)
+            try:
+                self._decoder.receive_data(chunk or None)
+            except RequestEntityTooLarge:
+                raise MalformedBody(f"over {DECODER_BUFFER} bytes arrived outside the parts' "
+                                    "bodies (a preamble or part headers)") from None
 
 
 _QUOTED_FILENAME = re.compile(r'(?:^|;)\s*filename\s*=\s*"((?:[^"\\]|\\.)*)"', re.IGNORECASE)
