@@ -195,6 +195,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    # A manual redelivery asked for and not yet logged: at or before the start of the claim
+    # that sends it, or later (the running claim's end) when asked during an attempt.
+    redeliver_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -120,7 +120,8 @@ PATHS = {
                    params=[_query("asset_id", {"type": "string"})]),
     },
     "/api/v1/webhooks/deliveries/{delivery_id}/redeliver": {
-        "post": _op("Send again with the same webhook-id", {"202": _json("Delivery"), **AUTH},
+        "post": _op("Send again with the same webhook-id", {"202": _json("Delivery"), **AUTH,
+                                                            "409": None},
                     params=[_path_param("delivery_id")]),
     },
     "/healthz": {"get": _op("The process is up", {"200": {"description": "OK"}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from urllib.parse import urlsplit
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from standardwebhooks import Webhook
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, start_worker, wait_for, wait_workers_ready
 from tests.helpers import auth, jpeg, upload, wait_final
 from tests.receiver import Receiver
 
@@ -104,6 +105,99 @@ def test_failing_receiver_gets_the_same_webhook_id_until_it_answers(make_stack, 
     for link in links:
         parts = urlsplit(link)
         assert client.get(f"{parts.path}?{parts.query}").status_code == 200, link
+
+
+def test_a_redelivery_during_an_attempt_follows_it_and_never_overlaps(make_stack, receiver,
+                                                                      corpus):
+    """Redelivering while the receiver is still answering the first attempt used to start
+    a second send under the same webhook-id at once (six asks, four sends at a time)."""
+    stack = make_stack(queues=("thumbnails", "metadata"), extra_env=FAST_RETRIES, beat=True)
+    stack.started.append(start_worker(stack.env, "webhooks", stack.tmp, concurrency=4))
+    wait_workers_ready(stack.env, ("webhooks",))
+    key = stack.create_key("alice")
+    client = stack.client()
+    lock, live = threading.Lock(), Counter()
+
+    def answer(request):  # asset.completed is answered slowly, and counted while open
+        if request.json["type"] != "asset.completed":
+            return 200
+        with lock:
+            live["now"] += 1
+            live["most"] = max(live["most"], live["now"])
+        time.sleep(3)
+        with lock:
+            live["now"] -= 1
+        return 200
+
+    receiver.answer = answer
+    asset_id = upload(client, key, corpus / "images/camera/DSCN0010.jpg",
+                      webhook_url=receiver.url).json["id"]
+    wait_for(lambda: receiver.of_type("asset.completed"), timeout=60, what="first attempt")
+    log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                     headers=auth(key)).json["items"]
+    delivery_id = next(d["id"] for d in log if d["event_type"] == "asset.completed")
+    for _ in range(6):
+        redo = client.post(f"/api/v1/webhooks/deliveries/{delivery_id}/redeliver",
+                           headers=auth(key))
+        assert redo.status_code == 202
+        time.sleep(0.25)
+
+    def logged():
+        log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                         headers=auth(key)).json["items"]
+        done = next(d for d in log if d["id"] == delivery_id)
+        return done if len(done["attempts"]) >= 2 and done["status"] != "pending" else None
+
+    done = wait_for(logged, timeout=40, interval=0.5, what="the redelivery logged")
+    time.sleep(6)  # a third send, if any, would be handed out within a dispatch
+    sends = receiver.of_type("asset.completed")
+    assert live["most"] == 1, f"{live['most']} sends of one event at once"
+    assert len(sends) == 2  # the attempt, then one redelivery for the six asks
+    assert len({s.headers["webhook-id"] for s in sends}) == 1
+    assert done["status"] == "delivered"
+    assert [a["status_code"] for a in done["attempts"]] == [200, 200]
+
+
+def test_deleting_a_subscription_stops_its_retries_and_no_others(make_stack, corpus):
+    stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), extra_env=FAST_RETRIES,
+                       beat=True)
+    key = stack.create_key("alice")
+    client = stack.client()
+    gone, kept, own = (Receiver(answer=lambda _: 500).start() for _ in range(3))
+    try:
+        hook = client.post("/api/v1/webhooks", headers=auth(key),
+                           json={"url": gone.url, "events": ["asset.completed"]}).json
+        client.post("/api/v1/webhooks", headers=auth(key),
+                    json={"url": kept.url, "events": ["asset.completed"]})
+        asset_id = upload(client, key, corpus / "images/camera/jolla.jpg",
+                          webhook_url=own.url).json["id"]
+        wait_for(lambda: len(gone.received) >= 2, timeout=60, interval=0.2, what="a retry")
+        stop = client.delete(f"/api/v1/webhooks/{hook['id']}", headers=auth(key))
+        assert stop.status_code == 204
+        time.sleep(1)  # an attempt already under way may finish
+        before = [len(gone.received), len(kept.received), len(own.of_type("asset.completed"))]
+        time.sleep(12)  # beat hands due retries out every 5 s
+        assert len(gone.received) == before[0], "a deleted subscription was sent a retry"
+        assert len(kept.received) > before[1]
+        assert len(own.of_type("asset.completed")) > before[2]
+
+        log = client.get(f"/api/v1/webhooks/deliveries?asset_id={asset_id}",
+                         headers=auth(key)).json["items"]
+        stopped = [d for d in log if d["subscription_id"] == hook["id"]]
+        assert len(stopped) == 1 and stopped[0]["status"] == "failed"
+        assert stopped[0]["next_attempt_at"] is None
+        assert stopped[0]["attempts"][-1]["error"] == "not sent: its subscription was deleted"
+        others = [d for d in log if d["subscription_id"] != hook["id"]
+                  and d["event_type"] == "asset.completed"]
+        assert len(others) == 2 and {d["status"] for d in others} == {"pending"}
+        again = client.post(f"/api/v1/webhooks/deliveries/{stopped[0]['id']}/redeliver",
+                            headers=auth(key))
+        assert again.status_code == 409 and again.mimetype == "application/problem+json"
+        time.sleep(6)
+        assert len(gone.received) == before[0]
+    finally:
+        for receiver in (gone, kept, own):
+            receiver.stop()
 
 
 def test_receiver_that_is_down_gets_the_event_when_it_comes_back(make_stack, corpus):

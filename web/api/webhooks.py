@@ -51,9 +51,12 @@ def index():
 @bp.delete("/<webhook_id>")
 @require_tenant
 def destroy(webhook_id: str):
-    """Stop a subscription: 204."""
+    """Stop a subscription: 204. Its pending deliveries are cancelled with it (logged as
+    failed, saying why), so no retry reaches the URL after this answer."""
     with services().db.session() as session:
-        session.delete(_owned(session, Webhook, webhook_id, "webhook"))
+        hook = _owned(session, Webhook, webhook_id, "webhook")
+        deliveries.unsubscribe(session, hook.id)
+        session.delete(hook)
     return Response(status=204)
 
 
@@ -72,10 +75,13 @@ def log():
 @bp.post("/deliveries/<delivery_id>/redeliver")
 @require_tenant
 def redeliver(delivery_id: str):
-    """Send a delivery again with the same webhook-id, its links signed afresh: 202."""
+    """Send a delivery again with the same webhook-id, its links signed afresh: 202 (after
+    the attempt under way, if any); 409 when its subscription has been deleted."""
     with services().db.session() as session:
         delivery = _owned(session, Delivery, delivery_id, "delivery")
-        deliveries.redeliver(session, delivery, services().render)
+        if not deliveries.redeliver(session, delivery, services().render):
+            raise Problem(409, "Subscription deleted", f"Delivery {delivery_id!r} was for a "
+                          "subscription that has since been deleted; it is not sent again.")
         answer = deliveries.to_json(delivery)
         after_commit(session, lambda: celery().send_task("webhooks.deliver", args=[delivery_id]))
     return jsonify(answer), 202
