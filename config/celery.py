@@ -48,6 +48,16 @@ VISIBILITY_TIMEOUT = 4 * 3600
 SQS_WAIT_SECONDS = 20
 SQS_POLLING_INTERVAL = 1
 
+# Every Redis connection (broker and live-status channel) gives up on a Redis that accepts
+# connections but does not answer, instead of waiting for ever: kombu leaves redis-py with no
+# read timeout, and a stopped Redis held /readyz, /metrics and each upload's job send for as
+# long as it was stopped. A worker's BRPOP waits 1 s at a time, well within this.
+REDIS_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 3}
+# A send that fails after commit is not lost (beat's sweep re-sends a job within minutes,
+# the dispatcher a delivery); so it is tried three times quickly, not for half a minute.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                        "interval_max": 1}
+
 
 def celery_config(settings: Settings) -> dict:
     """The Celery settings for `settings`: explicit queues, JSON only, results off."""
@@ -55,6 +65,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings),
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "metadata",
         "task_routes": ROUTES,
@@ -83,7 +94,7 @@ def celery_config(settings: Settings) -> dict:
 def transport_options(settings: Settings) -> dict:
     """kombu's options for the broker in `settings` (every connection must use them)."""
     if settings.broker_kind == "redis":
-        return {"visibility_timeout": VISIBILITY_TIMEOUT}
+        return {"visibility_timeout": VISIBILITY_TIMEOUT, **REDIS_TIMEOUTS}
     if settings.broker_kind == "sqs":
         return _sqs_options(settings)
     return {}

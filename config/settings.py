@@ -171,6 +171,11 @@ def _database_url(value: str) -> str:
         scheme = "postgresql"
     if scheme not in ("sqlite", "postgresql"):
         raise ValueError("must be a sqlite:// or postgresql:// URL")
+    if scheme == "sqlite" and (urlsplit(value).path[1:] in ("", ":memory:")
+                               or "mode=memory" in urlsplit(value).query):
+        # each process would have its own empty database: the web's assets unseen by workers
+        raise ValueError("must name a database file (sqlite:///instance/mediamill.db), not an "
+                         "in-memory one, which every process would have to itself")
     if scheme == "postgresql" and "+" not in value.split("://")[0]:
         value = value.replace("postgresql://", "postgresql+psycopg://", 1)
     return value

@@ -10,6 +10,7 @@ import redis
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from config.celery import REDIS_TIMEOUTS
 from config.settings import Settings, stop
 from media import storage as storage_module
 from media.errors import StorageUnavailable
@@ -63,8 +64,7 @@ class Services:
     def redis(self) -> redis.Redis:
         """One client per process (made after fork) for the live-status channel."""
         if self._redis is None or self._redis_pid != os.getpid():
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
-                                               socket_connect_timeout=3)
+            self._redis = redis.Redis.from_url(self.settings.redis_url, **REDIS_TIMEOUTS)
             self._redis_pid = os.getpid()
         return self._redis
 
@@ -74,12 +74,14 @@ class Services:
 
         return to_json(asset, self.storage, self.asset_base_url(asset), EVENT_URL_TTL)
 
-    def prepare(self, schema: bool = True, storage: bool = False) -> None:
+    def prepare(self, schema: bool = True, storage: bool = False,
+                bucket: bool = True) -> None:
         """At process start: bring the schema up to date and, with `storage`, make sure a
         local storage directory is writable, or that an S3 client can be made from the
-        settings (no request is sent: S3 being down is not a reason to stop). If any of it
-        cannot be done, stop the process with one line naming the setting (the contract's
-        "one clear line", no traceback)."""
+        settings and (with `bucket`; `release` creates it) that the bucket exists: one
+        HeadBucket, given up after a few seconds, for S3 being down is not a reason to stop.
+        If any of it cannot be done, stop the process with one line naming the setting (the
+        contract's "one clear line", no traceback)."""
         try:
             if schema:
                 self.db.upgrade()
@@ -100,6 +102,21 @@ class Services:
             except (BotoCoreError, ValueError) as exc:
                 stop("mediamill: cannot use S3 storage with these settings (AWS_DEFAULT_REGION,"
                      f" MEDIAMILL_S3_ENDPOINT_URL, AWS credentials): {_first_line(exc)}")
+            if bucket:
+                self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        """Stop if the bucket does not exist: a mistyped name otherwise answered every upload
+        with a 500. S3 being down or refusing HeadBucket (a policy may allow objects only) is
+        no reason to stop: /readyz reports it, and work waits for storage to come back."""
+        try:
+            self.storage.check()
+        except FileNotFoundError:
+            stop(f"mediamill: the bucket of MEDIAMILL_STORAGE_URL={self.settings.storage_url} "
+                 "does not exist: create it, or run `flask --app web release`, which does")
+        except Exception as exc:  # unreachable, slow, or not allowed to ask
+            log.warning("storage not checked at start (%s): %s", type(exc).__name__,
+                        _first_line(exc))
 
     def publish(self, asset_id: str, seq: int) -> None:
         """Wake live streams of this asset; losing one only delays them to their next poll."""

@@ -295,26 +295,41 @@ class S3Storage:
         self.endpoint_url = endpoint_url
         self._pid = 0
         self._client = None
+        self._probe = None
 
     @property
     def client(self):
         """One boto3 client per process, made after fork (boto3 clients are thread-safe)."""
         if self._client is None or self._pid != os.getpid():
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},
-                signature_version="s3v4",
-                s3={"addressing_style": "path" if self.endpoint_url else "auto"},
-                max_pool_connections=16,
-                connect_timeout=5,
-                read_timeout=60,
-            )
-            session = boto3.session.Session()
-            self._client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            self._client = self._new_client(max_attempts=5, connect_timeout=5, read_timeout=60)
+            self._probe = None
             self._pid = os.getpid()
         return self._client
+
+    @property
+    def probe(self):
+        """A client for health checks: one attempt, soon given up. Through `client`'s
+        retries and timeouts, a store that accepted connections but did not answer held
+        /readyz for six minutes before its 503."""
+        self.client  # noqa: B018 - (re)made after fork first, which drops the parent's probe
+        if self._probe is None:
+            self._probe = self._new_client(max_attempts=1, connect_timeout=2, read_timeout=3)
+        return self._probe
+
+    def _new_client(self, max_attempts: int, connect_timeout: float, read_timeout: float):
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+            max_pool_connections=16,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        session = boto3.session.Session()
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -390,9 +405,13 @@ class S3Storage:
                                                   ExpiresIn=expires_in)
 
     def check(self) -> None:
-        """FileNotFoundError if the bucket is missing; StorageUnavailable if S3 is down."""
-        with _translated(self.bucket):
-            self.client.head_bucket(Bucket=self.bucket)
+        """FileNotFoundError if the bucket is missing; StorageUnavailable if S3 is down or
+        does not answer within a few seconds."""
+        try:
+            with _translated(self.bucket):
+                self.probe.head_bucket(Bucket=self.bucket)  # a HEAD: a missing bucket is "404"
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bucket {self.bucket} does not exist") from None
 
     def create_multipart(self, key: str, content_type: str) -> str:
         """Start an S3 multipart upload to `key`; returns S3's UploadId."""
@@ -602,7 +621,9 @@ def _translated(key: str) -> Iterator[None]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if error.get("Code") in ("NoSuchKey", "NoSuchBucket", "NoSuchUpload", "404", "NotFound"):
+        if error.get("Code") == "NoSuchBucket":  # not an object that is gone: every one is
+            raise StorageUnavailable("the bucket of MEDIAMILL_STORAGE_URL does not exist") from exc
+        if error.get("Code") in ("NoSuchKey", "NoSuchUpload", "404", "NotFound"):
             raise FileNotFoundError(key) from exc
         if status >= 500 or error.get("Code") in ("SlowDown", "RequestTimeout", "Throttling"):
             raise StorageUnavailable(f"storage answered {error.get('Code')}") from exc

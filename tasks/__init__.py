@@ -71,6 +71,15 @@ def _prepare_worker(sender=None, **_) -> None:
     remove_orphaned_temp()
 
 
+@signals.beat_init.connect
+def _prepare_beat(sender=None, **_) -> None:
+    """At beat's start, as at a worker's: the schema up to date, or one line naming
+    DATABASE_URL and exit. Unchecked, beat sent upkeep every few seconds for ever to workers
+    that had all stopped on the same setting."""
+    sender.app.services.prepare()
+    sender.app.services.db.dispose()
+
+
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_) -> None:
     """A new pool process, also the one that replaces a child killed by a hard time limit

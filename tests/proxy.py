@@ -1,5 +1,5 @@
-"""A TCP proxy the test controls: forward to a target, or cut every connection and refuse
-new ones, to make a dependency unreachable for a while."""
+"""A TCP proxy the test controls: forward to a target, cut every connection and refuse new
+ones (unreachable), or hold every byte while accepting connections (a store that stalls)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ class Proxy:
         self.target_port = target_port
         self.up = threading.Event()
         self.up.set()
+        self.flowing = threading.Event()
+        self.flowing.set()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -29,8 +31,13 @@ class Proxy:
                     conn.close()
             self._conns.clear()
 
+    def stall(self) -> None:
+        """Keep accepting connections, open or new, but pass nothing on until restore()."""
+        self.flowing.clear()
+
     def restore(self) -> None:
         self.up.set()
+        self.flowing.set()
 
     def close(self) -> None:
         self.down()
@@ -55,10 +62,10 @@ class Proxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                self.flowing.wait()
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)

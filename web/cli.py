@@ -32,7 +32,8 @@ def register(app: Flask) -> None:
         """Bring the schema up to date and make sure the bucket exists (run before deploys)."""
         s = services()  # building the app has already run every pending migration
         click.echo("database schema is up to date")
-        s.prepare(schema=False, storage=True)  # else one line naming the setting, and exit
+        # else one line naming the setting, and exit; the bucket is made below if missing
+        s.prepare(schema=False, storage=True, bucket=False)
         if isinstance(s.storage, S3Storage):
             try:
                 created = s.storage.ensure_bucket()

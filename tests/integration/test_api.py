@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from tests.conftest import ROOT, stack_env, wait_for
+from tests.conftest import BIN, ROOT, make_bucket, stack_env, wait_for
 from tests.helpers import auth, jpeg, upload
 
 pytestmark = pytest.mark.integration
@@ -272,6 +272,8 @@ RELEASE = ["flask", "--app", "web", "release"]
     ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", RELEASE, {}),
     ("MEDIAMILL_STORAGE_URL", "file:///proc/nope", ["celery", "-A", "tasks", "worker", "-Q",
                                                     "metadata", "--pool", "solo"], {}),
+    ("DATABASE_URL", "postgresql://u:secret@127.0.0.1:1/db", ["celery", "-A", "tasks", "beat"],
+     {}),  # beat too: it sent upkeep for ever to workers that had all stopped
     ("MEDIAMILL_S3_ENDPOINT_URL", "http://127.0.0.1:1", RELEASE, S3_DOWN),  # bucket unreachable
     ("AWS_DEFAULT_REGION", "bad region!", RELEASE, S3_DOWN),
 ])
@@ -310,6 +312,42 @@ def test_web_with_a_bad_setting_stops_with_one_line(tmp_path, variable, value):
     assert out.returncode == 3, out.stderr[-2000:]
     assert out.stderr.strip().count("\n") == 0, out.stderr[-2000:]  # one line, nothing else
     assert variable in out.stderr and "secret" not in out.stderr
+
+
+def test_a_missing_bucket_stops_web_and_workers_but_release_makes_it(tmp_path, s3_endpoint):
+    """A mistyped bucket started every process and answered each upload 500 with a
+    traceback; only /readyz said why. `release` is the step that creates it."""
+    bucket = f"missing-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    env = stack_env(tmp_path, "redis://127.0.0.1:6379", 0, f"sqlite:///{tmp_path / 'db'}",
+                    f"s3://{bucket}", s3_endpoint)
+    gunicorn = [str(BIN / "gunicorn"), "web:create_app()", "--config", "python:config.gunicorn",
+                "--bind", "127.0.0.1:0"]
+    worker = [str(BIN / "celery"), "-A", "tasks", "worker", "-Q", "metadata", "--pool", "solo"]
+    for argv in (gunicorn, worker):
+        out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 3, out.stderr[-2000:]
+        line = [x for x in out.stderr.splitlines() if x.startswith("mediamill:")]
+        assert len(line) == 1 and "MEDIAMILL_STORAGE_URL" in line[0] and bucket in line[0]
+        assert "does not exist" in line[0] and "Traceback" not in out.stderr
+    out = subprocess.run([str(BIN / "flask"), "--app", "web", "release"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"bucket {bucket} created" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_bucket_gone_after_start_is_503_not_500(tmp_path, redis_server, s3_endpoint):
+    from web import create_app
+
+    bucket = make_bucket(s3_endpoint)
+    env = stack_env(tmp_path, redis_server, 14, f"sqlite:///{tmp_path / 'db.sqlite'}",
+                    f"s3://{bucket}", s3_endpoint)
+    app = create_app(Settings.from_env(env))
+    client, key = app.test_client(), new_key(app, "alice")
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).delete_bucket(Bucket=bucket)
+    response = upload(client, key, data=jpeg())
+    assert assert_problem(response, 503)["detail"].startswith("Storage or the database")
+    assert "does not exist" in client.get("/readyz").json["detail"]
 
 
 def test_storage_down_during_upload_is_503_not_500(tmp_path, redis_server):

@@ -213,6 +213,70 @@ def test_redis_restart_with_tasks_in_flight_keeps_every_worker_running(make_stac
         redis_proc.wait()
 
 
+def _within(seconds: float, call):
+    """`call()`'s result, or a failure if it has not returned after `seconds` (a hang)."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(value=call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return result["value"]
+
+
+def test_a_redis_that_stops_answering_is_reported_and_waited_out(make_stack, tmp_path):
+    """SIGSTOP: Redis still accepts connections but answers nothing. Without socket
+    timeouts /readyz, /metrics and an upload's job send each waited as long as it was
+    stopped (five minutes, then a 200)."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path)
+    try:
+        stack = make_stack(queues=("thumbnails", "metadata", "webhooks"), beat=True,
+                           extra_env={"REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                                      "MEDIAMILL_JOB_STALE_SECONDS": "5"})
+        key = stack.create_key("alice")
+        client = stack.client()
+        os.kill(redis_proc.pid, signal.SIGSTOP)
+        try:
+            ready = _within(60, lambda: client.get("/readyz"))
+            assert ready.status_code == 503 and "broker" in ready.json["detail"], ready.json
+            assert _within(60, lambda: client.get("/metrics")).status_code in (200, 503)
+            answer = _within(60, lambda: upload(client, key, data=jpeg()))
+            assert answer.status_code == 202, answer.data[:300]  # accepted; jobs sent later
+        finally:
+            os.kill(redis_proc.pid, signal.SIGCONT)
+        assert wait_final(client, key, answer.json["id"], timeout=180)["status"] == "completed"
+        assert client.get("/readyz").status_code == 200
+        assert all(proc.poll() is None for proc in stack.workers.values())
+    finally:
+        os.kill(redis_proc.pid, signal.SIGCONT)
+        redis_proc.terminate()
+        redis_proc.wait()
+
+
+def test_a_store_that_stops_answering_is_not_ready_within_seconds(make_stack, s3_endpoint):
+    """Through the client for real work (5 attempts, 60 s reads), /readyz took six minutes
+    to say 503 about a store that accepted connections and answered nothing."""
+    from urllib.parse import urlsplit
+
+    from tests.proxy import Proxy
+
+    proxy = Proxy(urlsplit(s3_endpoint).port)
+    try:
+        stack = make_stack(storage="s3", s3_endpoint=f"http://127.0.0.1:{proxy.port}",
+                           queues=())
+        client = stack.client()
+        assert client.get("/readyz").status_code == 200
+        proxy.stall()
+        ready = _within(30, lambda: client.get("/readyz"))
+        assert ready.status_code == 503 and "storage" in ready.json["detail"], ready.json
+        proxy.restore()
+        assert client.get("/readyz").status_code == 200
+    finally:
+        proxy.close()
+
+
 def test_s3_unreachable_for_10s_during_processing_loses_nothing(make_stack, s3_endpoint,
                                                                 corpus):
     from urllib.parse import urlsplit

@@ -91,6 +91,8 @@ def test_storage_urls_accepted(url):
 
 @pytest.mark.parametrize(("name", "value"), [
     ("DATABASE_URL", "mysql://u@h/db"),
+    ("DATABASE_URL", "sqlite://"),  # in memory: each process its own empty database
+    ("DATABASE_URL", "sqlite:///:memory:"),
     ("REDIS_URL", "http://cache:6379"),
     ("MEDIAMILL_BROKER_URL", "kafka://k:9092"),
     ("MEDIAMILL_STORAGE_URL", "ftp://host/dir"),
