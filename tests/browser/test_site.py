@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from tests.browser.conftest import login, new_page, screenshot
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -353,3 +354,95 @@ def test_the_library_follows_assets_still_being_processed(browser, site, corpus)
     assert page.evaluate("() => window.notReloaded") is True
     screenshot(page, "gallery-live")
     assert page.errors == [], page.errors
+
+
+
+LONG_NAME = "Ünïcödé 夏の思い出 — café terrace at dusk, the long version with everyone in it"
+# What sticks out sideways: the page itself, and any card whose content is wider than it
+# (a table inside a scrolling box of its own does not count).
+WIDER_THAN_PHONE = """() => [document.documentElement, ...document.querySelectorAll('.card')]
+    .filter(el => el.scrollWidth > el.clientWidth)
+    .map(el => `${el.className || el.tagName}: ${el.scrollWidth} > ${el.clientWidth}`)"""
+# On a detail page: the rows of the deliveries table, and the badges and event names broken
+# over two lines or more (a text's line count: the distinct tops of its rectangles).
+DELIVERIES = """() => {
+    const card = [...document.querySelectorAll('section.card')]
+        .find(c => c.querySelector('h2')?.textContent === 'Webhook deliveries');
+    const lines = el => {
+        const range = document.createRange();
+        range.selectNodeContents(el);
+        return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+    };
+    const words = [...document.querySelectorAll('.badge'),
+                   ...card.querySelectorAll('tr > td:first-child')];
+    return {rows: card.querySelectorAll('tr:has(td)').length,
+            broken: words.filter(el => lines(el) > 1).map(el => el.textContent)};
+}"""
+
+
+def log_deliveries(site, asset_id: str, receiver) -> None:
+    """Deliveries of the asset's events as the webhooks worker logs them: each one a real
+    POST (to a receiver answering 200 or 500, or to a closed port) recorded by
+    `deliveries.record`, so the page shows every status with real answers and errors."""
+    from media import deliveries, webhooks
+    from media.records import Delivery, Tenant, utcnow
+
+    closed = f"http://127.0.0.1:{free_port()}/hooks/mediamill"
+    long_url = f"{receiver.url}/tenants/alice/assets/{asset_id}?signature=" + "9f" * 40
+    targets = [("asset.metadata.completed", receiver.url, ()),
+               ("asset.thumbnails.completed", long_url, (60,)),
+               ("asset.completed", closed, (60,)),
+               ("asset.completed", closed, ())]
+    with site.stack.app.extensions["mediamill"].db.session() as session:
+        tenant = session.query(Tenant).one()
+        for n, (event_type, url, schedule) in enumerate(targets):
+            body = webhooks.body_for(event_type, utcnow(), {"id": asset_id})
+            row = Delivery(message_id=f"msg_{asset_id}_{n}", tenant_id=tenant.id,
+                           asset_id=asset_id, url=url, event_type=event_type, body=body)
+            session.add(row)
+            session.flush()
+            headers = webhooks.sign(tenant.webhook_secret, row.message_id, 1_700_000_000, body)
+            attempt = webhooks.send(url, body, headers, allow_private=True)
+            deliveries.record(session, row.id, attempt, schedule)
+
+
+def test_every_page_fits_a_phone(browser, site, corpus):
+    """On a phone (390x844, and 320 wide) nothing scrolls sideways: a detail page's webhook
+    deliveries stay inside their card, and badges and event names are never broken mid-word;
+    on an image's page and a video's, both with a long unicode filename, and on every other
+    page."""
+    from tests.helpers import upload, wait_final
+    from tests.receiver import Receiver
+
+    site = site(queues=("metadata", "thumbnails", "video"))
+    client = site.stack.client()
+    sources = {".jpg": corpus / PHOTOS[0], ".mp4": corpus / "video/example.mp4"}
+    ids = [upload(client, site.key, path, filename=LONG_NAME + ext).json["id"]
+           for ext, path in sources.items()]
+    receiver = Receiver(answer=lambda r: 500 if "thumbnails" in r.json["type"] else 200).start()
+    try:
+        for asset_id in ids:
+            assert wait_final(client, site.key, asset_id)["status"] == "completed"
+            log_deliveries(site, asset_id, receiver)
+    finally:
+        receiver.stop()
+
+    pages = {"upload": "/", "gallery": "/assets", "detail-image": f"/assets/{ids[0]}",
+             "detail-video": f"/assets/{ids[1]}"}
+    phone, wide = new_page(browser, 390, 844), {}
+    phone.goto(f"{site.url}/login")
+    wide["login"] = phone.evaluate(WIDER_THAN_PHONE)
+    login(phone, site)
+    for width in (390, 320):  # the phone of the report; the narrowest WCAG asks to reflow at
+        phone.set_viewport_size({"width": width, "height": 844})
+        for name, path in pages.items():
+            phone.goto(f"{site.url}{path}")
+            if width == 390:
+                screenshot(phone, f"{name}-long-name-phone")
+            wide[f"{name} at {width}"] = phone.evaluate(WIDER_THAN_PHONE)
+            if name.startswith("detail"):
+                deliveries = phone.evaluate(DELIVERIES)
+                assert deliveries["rows"] == 4, deliveries
+                wide[f"{name} at {width}: broken words"] = deliveries["broken"]
+    assert {name: found for name, found in wide.items() if found} == {}
+    assert phone.errors == [], phone.errors
