@@ -84,13 +84,15 @@ PATHS = {
     "/api/v1/uploads": {
         "post": _op("Start a direct-to-storage multipart upload", {
             "201": _json("Upload", "Created"), "400": None, "401": None, "413": None,
+            "503": None,
         }, body=_body("UploadRequest")),
     },
     "/api/v1/uploads/{upload_id}": {
         "get": _op("The upload and the parts already stored", {"200": _json("Upload"), **AUTH},
                    params=UPLOAD_ID),
         "delete": _op("Abort the upload and free its parts",
-                      {"204": {"description": "Aborted"}, **AUTH}, params=UPLOAD_ID),
+                      {"204": {"description": "Aborted"}, **AUTH, "409": None},
+                      params=UPLOAD_ID),
     },
     "/api/v1/uploads/{upload_id}/parts": {
         "post": _op("Presigned PUT URLs for parts", {"200": _json("PartUrls"), "400": None,
@@ -100,7 +102,7 @@ PATHS = {
     "/api/v1/uploads/{upload_id}/complete": {
         "post": _op("Join the parts into an asset", {"202": _json("Asset"), "400": None,
                                                      **AUTH, "409": None, "413": None,
-                                                     "415": None},
+                                                     "415": None, "422": None, "503": None},
                     body=_body("CompleteRequest"), params=UPLOAD_ID),
     },
     "/api/v1/webhooks": {
