@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 import tests.conftest as conftest
-from config.celery import QUEUES, TIME_LIMITS, VISIBILITY_TIMEOUT, celery_config
+from config.celery import QUEUES, REDIS_TIMEOUTS, TIME_LIMITS, VISIBILITY_TIMEOUT, celery_config
 from config.settings import ConfigError, Settings
 from media.records import Job
 from tests.conftest import wait_for
@@ -160,7 +160,8 @@ def test_sqs_transport_options_follow_the_settings():
     assert "region" not in options  # boto3's chain (AWS_DEFAULT_REGION) decides
     assert Settings.from_env({}).sqs_queue_prefix == "mediamill-"
     redis = celery_config(Settings.from_env({}))["broker_transport_options"]
-    assert redis == {"visibility_timeout": VISIBILITY_TIMEOUT}
+    assert redis == {"visibility_timeout": VISIBILITY_TIMEOUT, **REDIS_TIMEOUTS}
+    assert 0 < REDIS_TIMEOUTS["socket_timeout"] < 60  # a hung Redis is given up on, soon
     with pytest.raises(ConfigError, match="MEDIAMILL_SQS_QUEUE_PREFIX"):
         Settings.from_env({"MEDIAMILL_SQS_QUEUE_PREFIX": "media.prod"})
     assert max(len(queue) for queue in QUEUES) + 60 <= 80  # SQS names: 80 characters
