@@ -59,7 +59,7 @@ test-services:
 	fi
 
 test: install test-services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15  # the slowest, to keep the suite under 15 min on 2 cores
 
 lint: install
 	$(BIN)/ruff check config media web tasks tests bench
