@@ -354,7 +354,7 @@ class S3Storage:
 
     def download(self, key: str, path: Path) -> None:
         """Download `key` to the local file `path`."""
-        with _translated(key):
+        with self._headed(key):
             self.client.download_file(self.bucket, self._key(key), str(path),
                                       Config=_download_config())
 
@@ -372,11 +372,29 @@ class S3Storage:
 
     def exists(self, key: str) -> bool:
         try:
-            with _translated(key):
+            with self._headed(key):
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except FileNotFoundError:
             return False
         return True
+
+    @contextlib.contextmanager
+    def _headed(self, key: str) -> Iterator[None]:
+        """`_translated` for calls that begin with a HEAD, whose 404 has no body to say what
+        is missing: when the bucket is, that is storage unavailable (retried), not an object
+        gone (a job failed for good with "the original is missing")."""
+        try:
+            with _translated(key):
+                yield
+        except FileNotFoundError:
+            try:
+                self.check()
+            except FileNotFoundError:
+                raise StorageUnavailable("the bucket of MEDIAMILL_STORAGE_URL does not "
+                                         "exist") from None
+            except StorageUnavailable:
+                pass  # cannot tell: the object's 404 stands
+            raise
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix/`, a thousand per request."""
@@ -404,12 +422,13 @@ class S3Storage:
         return self.client.generate_presigned_url("get_object", Params=params,
                                                   ExpiresIn=expires_in)
 
-    def check(self) -> None:
+    def check(self, quick: bool = True) -> None:
         """FileNotFoundError if the bucket is missing; StorageUnavailable if S3 is down or
-        does not answer within a few seconds."""
+        (`quick`, for health checks) does not answer within a few seconds at the first try."""
         try:
             with _translated(self.bucket):
-                self.probe.head_bucket(Bucket=self.bucket)  # a HEAD: a missing bucket is "404"
+                client = self.probe if quick else self.client
+                client.head_bucket(Bucket=self.bucket)  # a HEAD: a missing bucket is "404"
         except FileNotFoundError:
             raise FileNotFoundError(f"bucket {self.bucket} does not exist") from None
 
@@ -501,7 +520,7 @@ class S3Storage:
     def ensure_bucket(self) -> bool:
         """Create the bucket if it is missing (local MinIO or moto); True if created."""
         try:
-            self.check()
+            self.check(quick=False)  # release: a slow answer or a 503 is retried, not fatal
             return False
         except FileNotFoundError:
             with _translated(self.bucket):

@@ -514,3 +514,27 @@ def test_s3_client_is_made_once_per_process(s3_endpoint):
     store = S3Storage("any-bucket", "", s3_endpoint)
 
     assert store.client is store.client
+
+
+def test_a_bucket_gone_is_storage_unavailable_not_a_missing_object(new_s3, s3_client, tmp_path):
+    """HeadObject's 404 has no body: with the bucket gone, a job's download and exists()
+    answered "no such object", and the job failed for good ("the original is missing")
+    instead of being retried until the bucket is back."""
+    from media.errors import StorageUnavailable
+
+    store = new_s3()
+    store.upload("assets/a/original", io.BytesIO(b"x" * 10), "image/jpeg")
+    assert store.exists("assets/a/original") and not store.exists("assets/a/other")
+    with pytest.raises(FileNotFoundError):
+        store.download("assets/a/other", tmp_path / "other")
+    store.delete_prefix("assets")
+    s3_client.delete_bucket(Bucket=store.bucket)
+    with pytest.raises(StorageUnavailable, match="does not exist"):
+        store.exists("assets/a/original")
+    with pytest.raises(StorageUnavailable, match="does not exist"):
+        store.download("assets/a/original", tmp_path / "original")
+    with pytest.raises(StorageUnavailable, match="does not exist"):
+        store.open("assets/a/original")
+    with pytest.raises(FileNotFoundError):
+        store.check()
+    assert store.ensure_bucket() is True and store.check() is None
