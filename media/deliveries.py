@@ -20,7 +20,7 @@ from media.records import Asset, Delivery, Webhook, utcnow
 from media.timefmt import aware, rfc3339
 from media.webhooks import Attempt, encode, next_attempt
 
-CLAIM = timedelta(seconds=60)  # longer than one attempt's connect + read timeouts
+CLAIM = timedelta(seconds=60)  # longer than one attempt may take (webhooks.ATTEMPT_DEADLINE)
 REDISPATCH = timedelta(seconds=60)
 UNSUBSCRIBED = "not sent: its subscription was deleted"
 
@@ -60,6 +60,10 @@ def record(session: Session, delivery_id: str, attempt: Attempt,
     if attempt.delivered:
         delivery.status, delivery.next_attempt_at = "delivered", None
     elif not wanted:
+        delivery.status, delivery.next_attempt_at = "failed", None
+    elif manual and any(a.get("status_code") and 200 <= a["status_code"] < 300
+                        for a in delivery.attempts[:-1]):
+        # a resend of an event the receiver already had: one try, no schedule after it
         delivery.status, delivery.next_attempt_at = "failed", None
     else:
         failures = sum(1 for a in delivery.attempts if a["error"] and not a.get("manual"))

@@ -8,10 +8,12 @@ rebinding) is still refused. Redirects are never followed; answers are read only
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,10 @@ EVENT_TYPES = ("asset.metadata.completed", "asset.thumbnails.completed",
                "asset.video.completed", "asset.completed", "asset.failed")
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
+# The whole attempt: a receiver that answers a byte every few seconds never trips the read
+# timeout, and an attempt running past its claim (media.deliveries.CLAIM, 60 s) could have a
+# second send of the same event start beside it.
+ATTEMPT_DEADLINE = 30.0
 SNIPPET_BYTES = 512
 USER_AGENT = "mediamill-webhooks/1"
 
@@ -140,25 +146,66 @@ def send(url: str, body: str, headers: dict[str, str], allow_private: bool) -> A
     def done(status: int | None, error: str | None, response: str | None = None) -> Attempt:
         return Attempt(at, status, int((time.monotonic() - started) * 1000), error, response)
 
-    try:
-        answer = _pool(allow_private).request(
-            "POST", url, body=body.encode(), headers=headers, redirect=False, retries=False,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
-            preload_content=False,
-        )
-    except RefusedConnection as exc:
-        return done(None, f"refused: {exc}")
-    except urllib3.exceptions.HTTPError as exc:
-        return done(None, _describe(exc))
-    try:
-        snippet = answer.read(SNIPPET_BYTES, decode_content=False).decode("utf-8", "replace")
-    except urllib3.exceptions.HTTPError:
-        snippet = None
-    finally:
-        answer.release_conn()
-        answer.close()
+    with _Deadline(ATTEMPT_DEADLINE) as deadline:
+        try:
+            answer = _pool(allow_private).request(
+                "POST", url, body=body.encode(), headers=headers, redirect=False, retries=False,
+                timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+                preload_content=False,
+            )
+        except RefusedConnection as exc:
+            return done(None, f"refused: {exc}")
+        except urllib3.exceptions.HTTPError as exc:
+            return done(None, deadline.passed or _describe(exc))
+        if deadline.passed:  # cut in its headers: what was parsed is not an answer
+            answer.close()
+            return done(None, deadline.passed)
+        try:
+            snippet = answer.read(SNIPPET_BYTES, decode_content=False).decode("utf-8",
+                                                                             "replace")
+        except urllib3.exceptions.HTTPError:
+            snippet = None
+        finally:
+            answer.release_conn()
+            answer.close()
     error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
     return done(answer.status, error, snippet)
+
+
+class _Deadline:
+    """Cuts the connections an attempt uses (they register in `_CheckedConnection.request`)
+    once `seconds` have passed; `passed` then says so, for the attempt's error."""
+
+    _local = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.connections: list[HTTPConnection] = []
+        self.passed: str | None = None
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    @classmethod
+    def watch(cls, connection: HTTPConnection) -> None:
+        current = getattr(cls._local, "current", None)
+        if current is not None:
+            current.connections.append(connection)
+
+    def __enter__(self) -> _Deadline:
+        _Deadline._local.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _Deadline._local.current = None
+
+    def _cut(self) -> None:
+        self.passed = f"no complete answer within {self.seconds:g} s"
+        for connection in self.connections:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
 
 
 def next_attempt(schedule: tuple[int, ...], failures: int, now: datetime) -> datetime | None:
@@ -176,6 +223,10 @@ class RefusedConnection(urllib3.exceptions.HTTPError):
 
 class _CheckedConnection:
     allow_private = False
+
+    def request(self, *args, **kwargs) -> None:  # new and reused connections alike
+        _Deadline.watch(self)
+        return super().request(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()

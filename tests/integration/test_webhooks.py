@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -289,6 +290,50 @@ def test_delivery_refuses_a_private_address_at_connect_time(receiver):
     assert receiver.received == []
     allowed = webhooks.send(receiver.url, "{}", headers, allow_private=True)
     assert allowed.delivered and len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_an_answer_sent_a_byte_at_a_time_is_cut_at_the_attempt_deadline(monkeypatch, reused):
+    """Each byte within the 10 s read timeout: without a deadline for the whole attempt it
+    ran past its 60 s claim, and a second send of the event could start beside it. On a
+    kept-alive connection (reused) as on a new one."""
+    import socket
+
+    from media import webhooks
+
+    monkeypatch.setattr(webhooks, "ATTEMPT_DEADLINE", 2.0)
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn, _ = server.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def answer(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            if reused:  # a first request answered at once, on the connection kept alive
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(15):  # one header byte a second, never the blank line
+                if stop.wait(1.0):
+                    return
+                conn.sendall(b"x")
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    headers = webhooks.sign("whsec_" + "A" * 32, "msg_1", 1_700_000_000, "{}")
+    try:
+        if reused:
+            assert webhooks.send(url, "{}", headers, allow_private=True).delivered
+        attempt = webhooks.send(url, "{}", headers, allow_private=True)
+        assert (attempt.status_code, attempt.error) == (None, "no complete answer within 2 s")
+    finally:
+        stop.set()
+        server.close()
 
 
 def test_subscriptions_crud_and_isolation(make_stack):

@@ -167,3 +167,18 @@ def test_an_attempt_under_way_when_its_subscription_is_deleted_is_not_retried(wo
     with db.session() as session:
         errors = [a["error"] for a in session.get(Delivery, hooked).attempts]
     assert errors == [deliveries.UNSUBSCRIBED, "HTTP 500"]
+
+
+def test_a_failed_resend_of_a_delivered_event_starts_no_schedule(world):
+    """Delivered, resent by hand, the resend answered 500: that is one try, not the start
+    of ~24 h of automatic POSTs of an event the receiver already had."""
+    db, outbox = world
+    run_all(db, outbox)
+    delivery_id = one(db)
+    make_due(db, delivery_id)
+    assert claim(db, delivery_id)
+    assert record(db, delivery_id, Attempt("t", 200, 3, None), (1, 1))[0] == "delivered"
+    redeliver(db, delivery_id)
+    assert claim(db, delivery_id)
+    assert record(db, delivery_id, FAILED, (1, 1)) == ("failed", None)
+    assert not claim(db, delivery_id)
