@@ -8,12 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from media import assets, deliveries
+from media import deliveries
 from media.events import Outbox
-from media.keys import create_api_key, tenant_for_key
 from media.records import Database, Delivery, Webhook, utcnow
 from media.webhooks import Attempt
-from tests.unit.test_events import run_all
+from tests.unit.test_events import run_all, seed
 
 FAILED = Attempt("t", 500, 3, "HTTP 500", "oops")
 
@@ -27,14 +26,7 @@ def world(request, tmp_path):
     db.upgrade()
     outbox = Outbox(render=lambda a: {"id": a.id, "status": a.status},
                     publish=lambda asset_id, seq: None, send=lambda ids: None)
-    with db.session() as session:
-        key = create_api_key(session, "alice")["api_key"]
-    with db.session() as session:
-        tenant = tenant_for_key(session, key)
-        session.add(Webhook(tenant_id=tenant.id, url="https://example.com/a",
-                            events=["asset.completed"]))
-        upload = assets.Upload("b" * 32, "image", "image/jpeg", "a.jpg", 10, "0" * 64)
-        assets.create(session, tenant.id, upload, "https://example.com/own", outbox)
+    seed(db, outbox)
     yield db, outbox
     db.dispose()
 

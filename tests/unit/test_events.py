@@ -23,6 +23,13 @@ def world(tmp_path):
     outbox = Outbox(render=lambda a: {"id": a.id, "status": a.status},
                     publish=lambda asset_id, seq: published.append(seq),
                     send=lambda ids: sent.extend(ids))
+    seed(db, outbox)
+    return db, outbox, sent, published
+
+
+def seed(db: Database, outbox: Outbox) -> None:
+    """A tenant with a subscription to asset.completed, and an image asset of its with its
+    own webhook_url: two targets for each event."""
     with db.session() as session:
         key = create_api_key(session, "alice")["api_key"]
     with db.session() as session:
@@ -31,7 +38,6 @@ def world(tmp_path):
                             events=["asset.completed"]))
         upload = assets.Upload("b" * 32, "image", "image/jpeg", "a.jpg", 10, "0" * 64)
         assets.create(session, tenant.id, upload, "https://example.com/own", outbox)
-    return db, outbox, sent, published
 
 
 def run_all(db, outbox) -> None:
